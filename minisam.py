@@ -1,0 +1,668 @@
+"""
+minisam: Segment Anything (Kirillov et al., "Segment Anything", ICCV 2023) in one file.
+
+Read it top to bottom; the sections follow the paper's Figure 4:
+
+    image --> [1 image encoder] --> image_embedding ----------.
+                                                               v
+    prompts --> [2 prompt encoder] --> sparse/dense prompt --> [3 mask decoder] --> masks, IoU
+                                                               ^
+                                  [4 losses] train it ---------'
+    [5 predictor]  one image_embedding, many clicks (interactive use)
+    [6 automatic masks]  a grid of clicks, then keep confident, stable, unique masks
+
+Module names mirror the released reference so that the official checkpoints
+(sam_vit_b_01ec64.pth, ...) load with `build_sam("vit_b", checkpoint=...)`.
+"""
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# 0. Configuration
+# One dataclass holds every size of the model. The three released presets (appendix A,
+# "Image encoder") differ only in the ViT; prompt encoder and decoder are the same ~4M
+# parameters in all of them. "toy" is the same architecture shrunk to train on a laptop CPU.
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    image_size: int = 64  # the encoder's square input side, in pixels
+    patch_size: int = 4  # token grid = image_size // patch_size per side
+    encoder_embed_dim: int = 96
+    encoder_depth: int = 4
+    encoder_num_heads: int = 4
+    encoder_global_attn_indexes: Tuple[int, ...] = (1, 3)  # all other blocks are windowed
+    window_size: int = 8  # in tokens
+    mlp_ratio: float = 4.0
+    prompt_embed_dim: int = 64  # width of tokens, image embedding and decoder
+    mask_in_chans: int = 16  # hidden channels when a mask prompt is downscaled
+    decoder_depth: int = 2
+    decoder_num_heads: int = 4
+    decoder_mlp_dim: int = 256
+    num_multimask_outputs: int = 3  # whole, part, subpart
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 64
+    pixel_mean: Tuple[float, float, float] = (123.675, 116.28, 103.53)  # ImageNet, on 0..255
+    pixel_std: Tuple[float, float, float] = (58.395, 57.12, 57.375)
+
+    @property
+    def image_embedding_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+_FULL_SIZE = dict(image_size=1024, patch_size=16, window_size=14, prompt_embed_dim=256,
+                  decoder_num_heads=8, decoder_mlp_dim=2048, iou_head_hidden_dim=256)
+CONFIGS = {
+    "toy": SamConfig(),
+    "vit_b": SamConfig(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12,
+                       encoder_global_attn_indexes=(2, 5, 8, 11), **_FULL_SIZE),
+    "vit_l": SamConfig(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16,
+                       encoder_global_attn_indexes=(5, 11, 17, 23), **_FULL_SIZE),
+    "vit_h": SamConfig(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16,
+                       encoder_global_attn_indexes=(7, 15, 23, 31), **_FULL_SIZE),
+}
+
+
+# Two small pieces used all over the model.
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of every pixel of a (B, C, H, W) map (as in ConvNeXt)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # channels last, so layer_norm sees C as the last dim
+        x = F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class MLPBlock(nn.Module):
+    """The transformer's feed-forward layer: widen, nonlinearity, project back."""
+
+    def __init__(self, dim: int, hidden_dim: int, act: type = nn.GELU):
+        super().__init__()
+        self.lin1 = nn.Linear(dim, hidden_dim)
+        self.lin2 = nn.Linear(hidden_dim, dim)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+# -----------------------------------------------------------------------------
+# 1. Image encoder (paper section 3 and appendix A, "Image encoder")
+# An MAE-pretrained ViT, adapted to high resolution as in ViTDet: 16x16 patches turn a
+# 1024x1024 image into a 64x64 grid of tokens. Global attention over 4096 tokens is costly,
+# so most blocks attend inside 14x14 windows and only a few equally spaced blocks attend
+# globally. Every block adds decomposed relative positions to its attention logits. A small
+# convolutional neck brings the width down to the decoder's 256 channels. The encoder is by
+# far the heaviest part and runs once per image; everything after it is cheap, which is what
+# makes SAM interactive.
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into non-overlapping patches and project each to a token."""
+
+    def __init__(self, patch_size: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, 3, S, S) -> (B, g, g, C)
+
+
+def relative_position_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                           size: Tuple[int, int]) -> torch.Tensor:
+    """Decomposed relative positions (MViTv2): the logit of query (h, w) and key (h', w') gets
+    q . R_h[h - h'] + q . R_w[w - w']. Two 1-D tables replace one 2-D table, so a 64x64 grid
+    needs 2 x 127 learned vectors instead of 127^2.
+    q: (B, h*w, d) unscaled queries; tables (2h-1, d), (2w-1, d); returns (B, h*w, h*w)."""
+    h, w = size
+    ih, iw = torch.arange(h, device=q.device), torch.arange(w, device=q.device)
+    R_h = rel_pos_h[ih[:, None] - ih[None, :] + h - 1]  # (h, h', d): offset h - h' shifted >= 0
+    R_w = rel_pos_w[iw[:, None] - iw[None, :] + w - 1]  # (w, w', d)
+    q = q.reshape(q.shape[0], h, w, -1)
+    bias_h = torch.einsum("bhwd,hkd->bhwk", q, R_h)  # (B, h, w, h')
+    bias_w = torch.einsum("bhwd,wkd->bhwk", q, R_w)  # (B, h, w, w')
+    bias = bias_h[..., :, None] + bias_w[..., None, :]  # (B, h, w, h', w')
+    return bias.reshape(q.shape[0], h * w, h * w)
+
+
+class EncoderAttention(nn.Module):
+    """Multi-head self-attention over a (B, h, w, C) grid with relative-position logits."""
+
+    def __init__(self, dim: int, num_heads: int, grid: int):
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        # grid = the side this attention sees: the window, or the whole token grid
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, h, w, C = x.shape
+        qkv = self.qkv(x).reshape(B, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.reshape(3, B * self.num_heads, h * w, -1)  # each (B*heads, h*w, d)
+        bias = relative_position_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w))
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B*heads, h*w, d)
+        x = x.view(B, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(B, h, w, C)
+        return self.proj(x)
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B * nH * nW, window, window, C), zero-padding H, W up to multiples of
+    the window. The padding tokens are not masked: they take part in attention as zeros, as in
+    the released model."""
+    B, H, W, C = x.shape
+    Hp, Wp = -(-H // window) * window, -(-W // window) * window
+    x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+    x = x.view(B, Hp // window, window, Wp // window, window, C).transpose(2, 3)
+    return x.reshape(-1, window, window, C)
+
+
+def window_unpartition(windows: torch.Tensor, window: int, size: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of window_partition: stitch the windows back together and drop the padding."""
+    H, W = size
+    Hp, Wp = -(-H // window) * window, -(-W // window) * window
+    B = windows.shape[0] // ((Hp // window) * (Wp // window))
+    x = windows.view(B, Hp // window, Wp // window, window, window, -1).transpose(2, 3)
+    return x.reshape(B, Hp, Wp, -1)[:, :H, :W]
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block; window=0 means global attention over the whole grid."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window: int, grid: int):
+        super().__init__()
+        self.window = window
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = EncoderAttention(dim, num_heads, grid=window or grid)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, g, g, C)
+        y = self.norm1(x)
+        if self.window:
+            y = window_unpartition(self.attn(window_partition(y, self.window)),
+                                   self.window, x.shape[1:3])
+        else:
+            y = self.attn(y)
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class ImageEncoderViT(nn.Module):
+    def __init__(self, cfg: SamConfig):
+        super().__init__()
+        self.img_size = cfg.image_size
+        g, C = cfg.image_embedding_size, cfg.encoder_embed_dim
+        self.patch_embed = PatchEmbed(cfg.patch_size, C)
+        # absolute position embedding, learned, one vector per token of the grid
+        self.pos_embed = nn.Parameter(torch.zeros(1, g, g, C))
+        self.blocks = nn.ModuleList(
+            Block(C, cfg.encoder_num_heads, cfg.mlp_ratio, grid=g,
+                  window=0 if i in cfg.encoder_global_attn_indexes else cfg.window_size)
+            for i in range(cfg.encoder_depth))
+        # the neck: 1x1 conv to the decoder width, then a 3x3 conv to mix neighbours
+        self.neck = nn.Sequential(
+            nn.Conv2d(C, cfg.prompt_embed_dim, kernel_size=1, bias=False),
+            LayerNorm2d(cfg.prompt_embed_dim),
+            nn.Conv2d(cfg.prompt_embed_dim, cfg.prompt_embed_dim, kernel_size=3, padding=1,
+                      bias=False),
+            LayerNorm2d(cfg.prompt_embed_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, S, S) normalised, padded images -> image_embedding (B, prompt_dim, g, g)."""
+        x = self.patch_embed(x) + self.pos_embed  # (B, g, g, C)
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))
+
+
+# -----------------------------------------------------------------------------
+# 2. Prompt encoder (section 3, "Prompt encoder"; appendix A)
+# Sparse prompts (points, boxes) become 256-d tokens: a positional encoding of where they
+# are, plus a learned embedding of what they are (foreground point, background point,
+# box top-left, box bottom-right, or padding). Positions use random Fourier features
+# (Tancik et al. 2020): a fixed random Gaussian projection to sines and cosines, which lets
+# an MLP-free network resolve fine positions that raw (x, y) numbers would blur.
+# A dense prompt (a coarse mask, e.g. the previous prediction) is downscaled by a small
+# conv net and added to the image embedding; without one, a learned "no mask" vector is added.
+
+
+class FourierPositionalEncoding(nn.Module):
+    def __init__(self, num_feats: int):
+        super().__init__()
+        # fixed, not learned: it is a buffer, yet saved in the checkpoint so both sides agree
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_feats))
+
+    def encode(self, coords: torch.Tensor) -> torch.Tensor:
+        """(..., 2) coordinates in [0, 1] -> (..., 2 * num_feats) in [-1, 1]."""
+        angles = 2 * math.pi * ((2 * coords - 1) @ self.positional_encoding_gaussian_matrix)
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    def dense(self, size: Tuple[int, int]) -> torch.Tensor:
+        """Encoding of every cell centre of an (h, w) grid -> (C, h, w)."""
+        h, w = size
+        device = self.positional_encoding_gaussian_matrix.device
+        y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
+        x = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        grid = torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
+        return self.encode(grid).permute(2, 0, 1)
+
+    def forward(self, coords: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
+        """(..., 2) pixel coordinates (x, y) in an (H, W) image -> (..., C)."""
+        h, w = image_size
+        return self.encode(coords.float() / torch.tensor([w, h], device=coords.device))
+
+
+class PromptEncoder(nn.Module):
+    def __init__(self, cfg: SamConfig):
+        super().__init__()
+        dim, g = cfg.prompt_embed_dim, cfg.image_embedding_size
+        self.embed_dim = dim
+        self.input_image_size = (cfg.image_size, cfg.image_size)
+        self.image_embedding_size = (g, g)
+        self.mask_input_size = (4 * g, 4 * g)  # the decoder's low-res output size
+        self.pe_layer = FourierPositionalEncoding(dim // 2)
+        # what a sparse token is: 0 background point, 1 foreground point, 2/3 box corners
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, dim)
+        c = cfg.mask_in_chans
+        self.mask_downscaling = nn.Sequential(  # (N, 1, 4g, 4g) -> (N, dim, g, g)
+            nn.Conv2d(1, c // 4, kernel_size=2, stride=2), LayerNorm2d(c // 4), nn.GELU(),
+            nn.Conv2d(c // 4, c, kernel_size=2, stride=2), LayerNorm2d(c), nn.GELU(),
+            nn.Conv2d(c, dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, dim)
+
+    def get_dense_pe(self) -> torch.Tensor:
+        """The same Fourier features at every cell of the image embedding: (1, C, g, g)."""
+        return self.pe_layer.dense(self.image_embedding_size)[None]
+
+    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool):
+        coords = coords + 0.5  # a pixel index names the pixel's centre
+        if pad:
+            # The decoder was trained to see a box's two tokens after the points. Without a
+            # box, one "not a point" token (label -1) takes their place.
+            coords = F.pad(coords, (0, 0, 0, 1))
+            labels = F.pad(labels, (0, 1), value=-1)
+        pe = self.pe_layer(coords, self.input_image_size)  # (N, P, C)
+        labels = labels[..., None]
+        sparse_prompt = torch.where(labels == -1, self.not_a_point_embed.weight, pe)
+        return (sparse_prompt + (labels == 0) * self.point_embeddings[0].weight
+                + (labels == 1) * self.point_embeddings[1].weight)
+
+    def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
+        corners = (boxes + 0.5).reshape(-1, 2, 2)  # (N, 4) x0 y0 x1 y1 -> (N, 2 corners, 2)
+        pe = self.pe_layer(corners, self.input_image_size)
+        corner_embed = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])
+        return pe + corner_embed  # (N, 2, C)
+
+    def forward(self, points: Optional[Tuple[torch.Tensor, torch.Tensor]],
+                boxes: Optional[torch.Tensor], masks: Optional[torch.Tensor]):
+        """points: (coords (N, P, 2) in input pixels, labels (N, P)); boxes (N, 4) XYXY;
+        masks (N, 1, 4g, 4g) logits. Returns sparse_prompt (N, T, C), dense_prompt (N, C, g, g)."""
+        n = next((p.shape[0] for p in (points and points[0], boxes, masks) if p is not None), 1)
+        device = self.no_mask_embed.weight.device
+        sparse = [torch.empty(n, 0, self.embed_dim, device=device)]
+        if points is not None:
+            sparse.append(self._embed_points(*points, pad=boxes is None))
+        if boxes is not None:
+            sparse.append(self._embed_boxes(boxes))
+        if masks is not None:
+            dense_prompt = self.mask_downscaling(masks)
+        else:
+            dense_prompt = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                n, -1, *self.image_embedding_size)
+        return torch.cat(sparse, dim=1), dense_prompt
+
+
+# -----------------------------------------------------------------------------
+# 3. Mask decoder (section 3, "Mask decoder"; appendix A, Figure 14)
+# Learned output tokens (one IoU token and 1 + 3 mask tokens, like DETR's object queries)
+# are put in front of the prompt tokens. A two-way transformer then lets the tokens attend
+# to the image (token-to-image: queries are tokens, keys and values are image pixels) and
+# the image attend back to the tokens (image-to-token: queries are pixels, keys and values
+# are tokens), so both sides are updated. Positional encodings are added again before
+# every attention, because geometry is what a click means. Finally the image embedding is
+# upscaled 4x and each mask token, through its own small MLP (a hypernetwork), becomes a
+# dynamic linear classifier applied at every pixel: mask = token_vector . pixel_features.
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose q/k/v may be projected to a smaller width: the
+    cross-attentions use half width (downsample=2) to save compute on 4096 image tokens."""
+
+    def __init__(self, dim: int, num_heads: int, downsample: int = 1):
+        super().__init__()
+        inner = dim // downsample
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, inner)
+        self.k_proj = nn.Linear(dim, inner)
+        self.v_proj = nn.Linear(dim, inner)
+        self.out_proj = nn.Linear(inner, dim)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def heads(x):  # (B, N, inner) -> (B, heads, N, inner / heads)
+            return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(
+            heads(self.q_proj(q)), heads(self.k_proj(k)), heads(self.v_proj(v)))
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class TwoWayAttentionBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, first: bool):
+        super().__init__()
+        self.first = first
+        self.self_attn = Attention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn_token_to_image = Attention(dim, num_heads, downsample=2)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = Attention(dim, num_heads, downsample=2)
+
+    def forward(self, tokens, image, token_pe, image_pe):
+        """tokens (N, T, C) with their positional part token_pe (the original prompt tokens);
+        image (N, g*g, C) with image_pe (N, g*g, C)."""
+        # (1) self-attention among tokens. In the first layer the tokens *are* the prompt
+        # tokens, so adding token_pe would count them twice, and there is no residual.
+        if self.first:
+            tokens = self.self_attn(tokens, tokens, tokens)
+        else:
+            q = tokens + token_pe
+            tokens = tokens + self.self_attn(q, q, tokens)
+        tokens = self.norm1(tokens)
+        # (2) token-to-image: each token gathers evidence from the pixels
+        q, k = tokens + token_pe, image + image_pe
+        tokens = self.norm2(tokens + self.cross_attn_token_to_image(q, k, image))
+        # (3) MLP on each token
+        tokens = self.norm3(tokens + self.mlp(tokens))
+        # (4) image-to-token: each pixel reads the updated prompt, so the image embedding
+        # itself becomes prompt-aware before the masks are read from it
+        q, k = tokens + token_pe, image + image_pe
+        image = self.norm4(image + self.cross_attn_image_to_token(k, q, tokens))
+        return tokens, image
+
+
+class TwoWayTransformer(nn.Module):
+    def __init__(self, depth: int, dim: int, num_heads: int, mlp_dim: int):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(dim, num_heads, mlp_dim, first=i == 0) for i in range(depth))
+        self.final_attn_token_to_image = Attention(dim, num_heads, downsample=2)
+        self.norm_final_attn = nn.LayerNorm(dim)
+
+    def forward(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor):
+        """image, image_pe (N, C, g, g); tokens (N, T, C) -> tokens (N, T, C), image (N, g*g, C)."""
+        image = image.flatten(2).transpose(1, 2)
+        image_pe = image_pe.flatten(2).transpose(1, 2)
+        token_pe = tokens
+        for layer in self.layers:
+            tokens, image = layer(tokens, image, token_pe, image_pe)
+        # one last look at the image by the tokens, which are all the heads read
+        attn = self.final_attn_token_to_image(tokens + token_pe, image + image_pe, image)
+        return self.norm_final_attn(tokens + attn), image
+
+
+class MLP(nn.Module):
+    """Plain MLP with ReLU between layers: the hypernetworks and the IoU head."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, depth: int):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (depth - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class MaskDecoder(nn.Module):
+    def __init__(self, cfg: SamConfig):
+        super().__init__()
+        dim = cfg.prompt_embed_dim
+        self.num_mask_tokens = cfg.num_multimask_outputs + 1  # token 0: the single-output mask
+        self.transformer = TwoWayTransformer(cfg.decoder_depth, dim, cfg.decoder_num_heads,
+                                             cfg.decoder_mlp_dim)
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
+        self.output_upscaling = nn.Sequential(  # (N, dim, g, g) -> (N, dim/8, 4g, 4g)
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2), LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2), nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens))
+        self.iou_prediction_head = MLP(dim, cfg.iou_head_hidden_dim, self.num_mask_tokens,
+                                       cfg.iou_head_depth)
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                multimask_output: bool):
+        """image_embeddings (1 or N, C, g, g): one image shared by all N prompts, or one per
+        prompt (for training on several images in one call); image_pe (1, C, g, g);
+        sparse (N, T, C); dense (N, C, g, g).
+        Returns low_res_masks (N, M, 4g, 4g) logits and iou_predictions (N, M), where M is
+        num_multimask_outputs (multimask_output=True) or 1."""
+        n = sparse_prompt_embeddings.shape[0]
+        if image_embeddings.shape[0] not in (1, n):
+            raise ValueError(f"image_embeddings has batch {image_embeddings.shape[0]}; expected "
+                             f"1 (shared) or {n} (one per prompt row)")
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])
+        tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse_prompt_embeddings], dim=1)
+        image = image_embeddings + dense_prompt_embeddings  # (N, C, g, g)
+        tokens, image = self.transformer(image, image_pe.expand_as(image), tokens)
+        iou_token_out, mask_tokens_out = tokens[:, 0], tokens[:, 1:1 + self.num_mask_tokens]
+
+        N, C, g, _ = dense_prompt_embeddings.shape
+        upscaled = self.output_upscaling(image.transpose(1, 2).reshape(N, C, g, g))
+        hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in
+                                enumerate(self.output_hypernetworks_mlps)], dim=1)  # (N, M+1, C/8)
+        masks = torch.einsum("nmc,nchw->nmhw", hyper_in, upscaled)  # (N, M+1, 4g, 4g)
+        iou_pred = self.iou_prediction_head(iou_token_out)  # (N, M+1)
+
+        # For one ambiguous click the 3 multimask tokens answer; with more prompts the
+        # ambiguity is gone and the single-output token 0 answers (appendix A, "Ambiguity").
+        outputs = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, outputs], iou_pred[:, outputs]
+
+
+# -----------------------------------------------------------------------------
+# The whole model, and loading the official checkpoints.
+
+
+class Sam(nn.Module):
+    mask_threshold: float = 0.0  # masks are logits; a pixel is in the mask where logit > 0
+    image_format: str = "RGB"
+
+    def __init__(self, config: SamConfig = SamConfig()):
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoderViT(config)
+        self.prompt_encoder = PromptEncoder(config)
+        self.mask_decoder = MaskDecoder(config)
+        # constants, not weights: the official checkpoints do not store them
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) RGB on 0..255, longest side already resized to image_size ->
+        normalised and zero-padded at the bottom/right to (B, 3, S, S)."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        S = self.image_encoder.img_size
+        return F.pad(x, (0, S - x.shape[-1], 0, S - x.shape[-2]))
+
+    def postprocess_masks(self, masks: torch.Tensor, input_size: Tuple[int, int],
+                          original_size: Tuple[int, int]) -> torch.Tensor:
+        """Low-res logits (B, M, 4g, 4g) -> (B, M, H, W) logits on the original image: upscale to
+        the padded input, crop the padding away, resize to the original size."""
+        S = self.image_encoder.img_size
+        masks = F.interpolate(masks, (S, S), mode="bilinear", align_corners=False)
+        masks = masks[..., :input_size[0], :input_size[1]]
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+    @torch.no_grad()
+    def forward(self, batched_input: list, multimask_output: bool) -> list:
+        """End to end, as the reference's Sam.forward: a list of dicts with "image" (3, h, w)
+        already resized, "original_size", and optional "point_coords", "point_labels", "boxes",
+        "mask_inputs" in the resized frame. The predictor below is the friendlier way in."""
+        image_embeddings = self.image_encoder(
+            torch.stack([self.preprocess(x["image"]) for x in batched_input]))
+        outputs = []
+        for record, embedding in zip(batched_input, image_embeddings):
+            points = ((record["point_coords"], record["point_labels"])
+                      if "point_coords" in record else None)
+            sparse, dense = self.prompt_encoder(points=points, boxes=record.get("boxes"),
+                                                masks=record.get("mask_inputs"))
+            low_res, iou = self.mask_decoder(
+                image_embeddings=embedding[None], image_pe=self.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                multimask_output=multimask_output)
+            masks = self.postprocess_masks(low_res, record["image"].shape[-2:],
+                                           record["original_size"])
+            outputs.append({"masks": masks > self.mask_threshold, "iou_predictions": iou,
+                            "low_res_logits": low_res})
+        return outputs
+
+
+def _shapes(state_dict: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
+def _preset_shapes(name: str) -> dict:
+    with torch.device("meta"):  # shapes only: no memory, even for vit_h
+        return _shapes(Sam(CONFIGS[name]).state_dict())
+
+
+def _check_fits(state_dict: dict, config: SamConfig, expected: dict) -> None:
+    """Compare a checkpoint's keys and shapes with the model's; a mismatch is a ValueError
+    that lists the first few differences and names the preset the checkpoint fits, if any."""
+    got = _shapes(state_dict)
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    misshaped = [f"{k}: checkpoint {got[k]}, model {expected[k]}"
+                 for k in expected if k in got and got[k] != expected[k]]
+    if not (missing or unexpected or misshaped):
+        return
+    problems = [f"{len(items)} {what} (first: {', '.join(items[:3])})"
+                for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                    ("mis-shaped tensors", misshaped)) if items]
+    fits = [name for name in CONFIGS if _preset_shapes(name) == got]
+    hint = f"; it fits the preset {fits[0]!r}" if fits else ""
+    label = next((repr(name) for name, preset in CONFIGS.items() if preset == config), "given")
+    raise ValueError(f"checkpoint does not fit the {label} config: " + "; ".join(problems) + hint)
+
+
+def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
+    """Build a SAM model and, optionally, load weights.
+
+    config: a preset name from CONFIGS ("toy", "vit_b", "vit_l", "vit_h") or a SamConfig.
+    checkpoint: path to an official SAM .pth (a raw state dict, e.g. sam_vit_b_01ec64.pth) or
+        to a train_toy.py checkpoint (a dict with "model" and "config").
+    device: where to put the model (default: cpu). Returns the model in eval mode."""
+    if isinstance(config, str):
+        if config not in CONFIGS:
+            raise ValueError(f"config {config!r} is not a preset; known presets: {list(CONFIGS)}")
+        config = CONFIGS[config]
+    elif not isinstance(config, SamConfig):
+        raise TypeError(f"config must be a preset name or a SamConfig, got {type(config).__name__}")
+    model = Sam(config)
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors come in many types; all mean the same here
+            raise ValueError(f"checkpoint {str(checkpoint)!r} is not a readable PyTorch "
+                             f"checkpoint: {type(e).__name__}: {e}") from e
+        if not isinstance(state, dict):
+            raise ValueError(f"checkpoint {str(checkpoint)!r} holds a {type(state).__name__}, "
+                             "not a state dict")
+        if "model" in state and "config" in state:  # our own training checkpoint
+            saved = SamConfig(**{f.name: tuple(v) if isinstance(v, list) else v
+                                 for f in fields(SamConfig)
+                                 for v in [state["config"].get(f.name, getattr(config, f.name))]})
+            if saved != config:
+                diff = {k: v for k, v in asdict(saved).items() if getattr(config, k) != v}
+                raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with a different "
+                                 f"config (differs in {diff}); pass config=SamConfig(**ckpt"
+                                 "['config']) or the matching preset")
+            state = state["model"]
+        _check_fits(state, config, _shapes(model.state_dict()))
+        model.load_state_dict(state)
+    return model.to(device or "cpu").eval()
+
+
+# -----------------------------------------------------------------------------
+# 4. Losses (appendix A, "Losses and training")
+# Masks are supervised with a linear combination of focal loss and dice loss, 20:1. Focal
+# loss is a per-pixel cross-entropy that down-weights easy pixels; dice measures overlap of
+# the whole mask and does not care how many background pixels there are. Their scales
+# differ (focal is a small per-pixel mean), hence the weight 20 on focal. The IoU head is
+# trained with the mean-squared error between its prediction and the actual IoU of each
+# predicted mask. Ambiguity: a click may mean any of several valid masks, so among the
+# outputs only the one with the lowest mask loss is backpropagated: the others are free to
+# specialise on other valid answers (part, subpart).
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
+               gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss (Lin et al. 2017) averaged over pixels: (..., H, W) -> (...)."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_true = p * targets + (1 - p) * (1 - targets)  # probability given to the right answer
+    alpha_true = alpha * targets + (1 - alpha) * (1 - targets)
+    return (alpha_true * (1 - p_true) ** gamma * ce).mean((-2, -1))
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """1 - soft Dice coefficient, with +1 smoothing so empty masks are well defined:
+    (..., H, W) -> (...) in [0, 1]."""
+    p, t = logits.sigmoid().flatten(-2), targets.flatten(-2)
+    return 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+
+
+def mask_iou(masks: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU of boolean masks (..., H, W) -> (...); two empty masks agree perfectly (IoU 1)."""
+    inter = (masks & targets).flatten(-2).sum(-1)
+    union = (masks | targets).flatten(-2).sum(-1)
+    return torch.where(union > 0, inter / union.clamp(min=1), 1.0)
+
+
+def sam_loss(mask_logits: torch.Tensor, iou_predictions: torch.Tensor,
+             target_masks: torch.Tensor):
+    """mask_logits (N, M, H, W), iou_predictions (N, M), target_masks (N, H, W) at the same
+    resolution. Returns the scalar loss and its parts for logging: focal, dice and iou_mse
+    (detached) and best (N,), the output each prompt was trained through."""
+    targets = target_masks.float()[:, None].expand_as(mask_logits)
+    focal, dice = focal_loss(mask_logits, targets), dice_loss(mask_logits, targets)  # (N, M)
+    best = (20 * focal + dice).argmin(dim=1)  # (N,) the output that explains the target best
+    rows = torch.arange(len(best), device=best.device)
+    with torch.no_grad():
+        actual_iou = mask_iou(mask_logits > 0, targets > 0.5)  # (N, M)
+    # every output's IoU is supervised: at inference the head must rank all of them
+    iou_mse = F.mse_loss(iou_predictions, actual_iou)
+    loss = (20 * focal[rows, best] + dice[rows, best]).mean() + iou_mse
+    parts = {"focal": focal[rows, best].mean().detach(), "dice": dice[rows, best].mean().detach(),
+             "iou_mse": iou_mse.detach(), "best": best}
+    return loss, parts

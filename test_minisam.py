@@ -1,0 +1,399 @@
+"""Tests for minisam: parity with the reference package, checkpoints, and properties.
+
+Run: python -m pytest -q
+The parity tests need the reference `segment-anything==1.0` (requirements-test.txt) and skip
+with the reason where it cannot be imported.
+"""
+
+import dataclasses
+import math
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import minisam
+from minisam import CONFIGS, Sam, SamConfig, build_sam, dice_loss, focal_loss, sam_loss
+
+# Deterministic, no deadline: a CI run never fails by chance or by a slow machine.
+settings.register_profile("ci", deadline=None, derandomize=True, max_examples=25,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
+torch.set_num_threads(2)
+
+# A config whose 12x12 token grid is not a multiple of its 5x5 window, with an odd patch size,
+# 3 decoder layers and 2 multimask outputs: everything the reference classes accept must work.
+ODD = dataclasses.replace(
+    CONFIGS["toy"], image_size=72, patch_size=6, window_size=5, encoder_depth=3,
+    encoder_global_attn_indexes=(1,), encoder_num_heads=2, encoder_embed_dim=32,
+    prompt_embed_dim=32, mask_in_chans=8, decoder_depth=3, decoder_num_heads=2,
+    decoder_mlp_dim=64, num_multimask_outputs=2, iou_head_depth=2, iou_head_hidden_dim=24)
+PARITY_CONFIGS = {"toy": CONFIGS["toy"], "odd": ODD}
+
+
+def reference_package():
+    """The reference package, or a skip that says why it is absent."""
+    try:
+        import segment_anything
+    except Exception as e:  # torchvision mismatches raise RuntimeError, not ImportError
+        pytest.skip(f"reference segment-anything not importable ({type(e).__name__}: {e}); "
+                    "install requirements-test.txt")
+    return segment_anything
+
+
+def reference_sam(cfg: SamConfig):
+    """The reference model with the same sizes, assembled from its own classes."""
+    modeling = reference_package().modeling
+    g = cfg.image_size // cfg.patch_size
+    encoder = modeling.ImageEncoderViT(
+        depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=cfg.image_size,
+        mlp_ratio=cfg.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=cfg.encoder_num_heads, patch_size=cfg.patch_size, qkv_bias=True,
+        use_rel_pos=True, global_attn_indexes=cfg.encoder_global_attn_indexes,
+        window_size=cfg.window_size, out_chans=cfg.prompt_embed_dim)
+    prompt_encoder = modeling.PromptEncoder(
+        embed_dim=cfg.prompt_embed_dim, image_embedding_size=(g, g),
+        input_image_size=(cfg.image_size, cfg.image_size), mask_in_chans=cfg.mask_in_chans)
+    decoder = modeling.MaskDecoder(
+        num_multimask_outputs=cfg.num_multimask_outputs,
+        transformer=modeling.TwoWayTransformer(
+            depth=cfg.decoder_depth, embedding_dim=cfg.prompt_embed_dim,
+            mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads),
+        transformer_dim=cfg.prompt_embed_dim, iou_head_depth=cfg.iou_head_depth,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim)
+    return modeling.Sam(encoder, prompt_encoder, decoder, list(cfg.pixel_mean),
+                        list(cfg.pixel_std)).eval()
+
+
+def random_sam(cfg: SamConfig, seed: int = 0) -> Sam:
+    """A minisam model whose every weight is random and O(1)-scaled (the zero-initialised
+    relative positions and position embedding included), so parity checks every path."""
+    torch.manual_seed(seed)
+    model = Sam(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * (0.5 if p.dim() == 1 else p[0].numel() ** -0.5))
+    return model
+
+
+def twin_models(cfg: SamConfig, seed: int = 0):
+    ours = random_sam(cfg, seed)
+    theirs = reference_sam(cfg)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def assert_close(ours: torch.Tensor, theirs: torch.Tensor, rel: float = 1e-4):
+    """fp32 agreement within `rel` of the output's scale."""
+    assert ours.shape == theirs.shape
+    scale = theirs.abs().max().item()
+    assert scale > 0, "a parity check on an all-zero output proves nothing"
+    assert (ours - theirs).abs().max().item() <= rel * scale
+
+
+def random_prompts(cfg: SamConfig, n: int = 5, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    S = cfg.image_size
+    coords = torch.rand(n, 3, 2, generator=g) * S
+    labels = torch.randint(0, 2, (n, 3), generator=g)
+    boxes = torch.sort(torch.rand(n, 2, 2, generator=g) * S, dim=1).values.reshape(n, 4)
+    masks = torch.randn(n, 1, 4 * cfg.image_embedding_size, 4 * cfg.image_embedding_size,
+                        generator=g)
+    return {
+        "points": dict(points=(coords, labels), boxes=None, masks=None),
+        "negative_points": dict(points=(coords, torch.zeros_like(labels)), boxes=None, masks=None),
+        "box": dict(points=None, boxes=boxes, masks=None),
+        "points_and_box": dict(points=(coords, labels), boxes=boxes, masks=None),
+        "box_and_mask": dict(points=None, boxes=boxes, masks=masks),
+        "points_box_mask": dict(points=(coords, labels), boxes=boxes, masks=masks),
+    }
+
+
+# -----------------------------------------------------------------------------
+# Presets: sizes and checkpoint keys
+
+
+OFFICIAL_PARAMS = {"vit_b": 93_735_472, "vit_l": 312_342_832, "vit_h": 641_090_608}
+
+
+@pytest.mark.parametrize("name", OFFICIAL_PARAMS)
+def test_preset_parameter_counts(name):
+    with torch.device("meta"):
+        model = Sam(CONFIGS[name])
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model) == OFFICIAL_PARAMS[name]
+    assert count(model.prompt_encoder) == 6_220
+    assert count(model.mask_decoder) == 4_058_340
+
+
+def test_vit_b_state_dict_keys_are_the_official_ones():
+    tsv = Path(__file__).resolve().parent.parent / "shared/reference/sam_vit_b_state_dict.tsv"
+    if not tsv.exists():
+        pytest.skip(f"{tsv} not found (it sits beside the repo in this project's workspace)")
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:] if line]
+    official = {key: tuple(int(d) for d in shape.split("x")) for key, shape in rows}
+    with torch.device("meta"):
+        ours = {k: tuple(v.shape) for k, v in Sam(CONFIGS["vit_b"]).state_dict().items()}
+    assert len(official) == 314
+    assert ours == official
+
+
+@pytest.mark.parametrize("name", OFFICIAL_PARAMS)
+def test_preset_state_dict_equals_the_reference_builders(name):
+    sa = reference_package()
+    with torch.device("meta"):
+        theirs = sa.sam_model_registry[name]()
+        ours = Sam(CONFIGS[name])
+    assert ({k: v.shape for k, v in ours.state_dict().items()}
+            == {k: v.shape for k, v in theirs.state_dict().items()})
+
+
+# -----------------------------------------------------------------------------
+# Numerical parity with the reference, module by module
+
+
+@pytest.mark.parametrize("cfg", PARITY_CONFIGS.values(), ids=PARITY_CONFIGS.keys())
+def test_image_encoder_and_dense_pe_match_reference(cfg):
+    ours, theirs = twin_models(cfg)
+    x = torch.rand(2, 3, cfg.image_size, cfg.image_size - 7) * 255  # needs padding on the right
+    with torch.no_grad():
+        assert_close(ours.preprocess(x), theirs.preprocess(x))
+        assert_close(ours.image_encoder(ours.preprocess(x)),
+                     theirs.image_encoder(theirs.preprocess(x)))
+        assert_close(ours.prompt_encoder.get_dense_pe(), theirs.prompt_encoder.get_dense_pe())
+
+
+@pytest.mark.parametrize("cfg", PARITY_CONFIGS.values(), ids=PARITY_CONFIGS.keys())
+@pytest.mark.parametrize("multimask_output", [True, False])
+def test_prompt_encoder_and_decoder_match_reference(cfg, multimask_output):
+    ours, theirs = twin_models(cfg)
+    x = torch.rand(1, 3, cfg.image_size, cfg.image_size) * 255
+    with torch.no_grad():
+        embedding = ours.image_encoder(ours.preprocess(x))
+        for kind, prompt in random_prompts(cfg).items():
+            sparse, dense = ours.prompt_encoder(**prompt)
+            ref_sparse, ref_dense = theirs.prompt_encoder(**prompt)
+            assert_close(sparse, ref_sparse)
+            assert_close(dense, ref_dense)
+            out = ours.mask_decoder(
+                image_embeddings=embedding, image_pe=ours.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                multimask_output=multimask_output)
+            ref = theirs.mask_decoder(
+                image_embeddings=embedding, image_pe=theirs.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=ref_sparse, dense_prompt_embeddings=ref_dense,
+                multimask_output=multimask_output)
+            expected_outputs = cfg.num_multimask_outputs if multimask_output else 1
+            assert out[0].shape == (5, expected_outputs, *ours.prompt_encoder.mask_input_size)
+            assert_close(out[0], ref[0]), kind
+            assert_close(out[1], ref[1]), kind
+
+
+def test_end_to_end_forward_and_postprocess_match_reference():
+    ours, theirs = twin_models(ODD)
+    g = torch.Generator().manual_seed(3)
+    batch = [{"image": torch.rand(3, 72, 50, generator=g) * 255, "original_size": (101, 70),
+              "point_coords": torch.tensor([[[10.0, 20.0], [30.0, 40.0]]]),
+              "point_labels": torch.tensor([[1, 0]])},
+             {"image": torch.rand(3, 60, 72, generator=g) * 255, "original_size": (60, 72),
+              "boxes": torch.tensor([[5.0, 6.0, 50.0, 40.0]])}]
+    for multimask_output in (True, False):
+        out, ref = ours(batch, multimask_output), theirs(batch, multimask_output)
+        for a, b in zip(out, ref):
+            assert_close(a["low_res_logits"], b["low_res_logits"])
+            assert_close(a["iou_predictions"], b["iou_predictions"])
+            # binarised masks agree except where a logit sits within float error of 0
+            assert (a["masks"] != b["masks"]).float().mean() < 1e-3
+
+
+def test_decoder_accepts_one_embedding_per_prompt():
+    """The training extension: N prompts on N images in one call equals N separate calls."""
+    model = random_sam(CONFIGS["toy"])
+    with torch.no_grad():
+        embeddings = model.image_encoder(torch.randn(3, 3, 64, 64))
+        sparse, dense = model.prompt_encoder(**random_prompts(model.config, n=3)["points"])
+        kw = dict(image_pe=model.prompt_encoder.get_dense_pe(), multimask_output=True)
+        batched = model.mask_decoder(image_embeddings=embeddings, sparse_prompt_embeddings=sparse,
+                                     dense_prompt_embeddings=dense, **kw)
+        for i in range(3):
+            single = model.mask_decoder(image_embeddings=embeddings[i:i + 1],
+                                        sparse_prompt_embeddings=sparse[i:i + 1],
+                                        dense_prompt_embeddings=dense[i:i + 1], **kw)
+            assert torch.allclose(batched[0][i], single[0][0], atol=1e-5)
+            assert torch.allclose(batched[1][i], single[1][0], atol=1e-5)
+        with pytest.raises(ValueError, match="image_embeddings has batch 2"):
+            model.mask_decoder(image_embeddings=embeddings[:2], sparse_prompt_embeddings=sparse,
+                               dense_prompt_embeddings=dense, **kw)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: official format, our format, and the errors that explain a mismatch
+
+
+def test_official_format_checkpoint_loads_and_reproduces_reference(tmp_path):
+    source, theirs = twin_models(ODD, seed=5)
+    path = tmp_path / "sam_odd.pth"
+    torch.save(source.state_dict(), path)  # what the official .pth files are: a raw state dict
+    loaded = build_sam(ODD, checkpoint=path)
+    assert not loaded.training
+    x = torch.rand(1, 3, 72, 72) * 255
+    prompt = random_prompts(ODD)["points_and_box"]
+    with torch.no_grad():
+        embedding = loaded.image_encoder(loaded.preprocess(x))
+        assert_close(embedding, theirs.image_encoder(theirs.preprocess(x)))
+        sparse, dense = loaded.prompt_encoder(**prompt)
+        out = loaded.mask_decoder(embedding, loaded.prompt_encoder.get_dense_pe(), sparse, dense,
+                                  True)
+        ref = theirs.mask_decoder(embedding, theirs.prompt_encoder.get_dense_pe(),
+                                  *theirs.prompt_encoder(**prompt), True)
+    assert_close(out[0], ref[0])
+
+
+def test_training_checkpoint_loads(tmp_path):
+    source = random_sam(CONFIGS["toy"], seed=2)
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": source.state_dict(), "config": dataclasses.asdict(source.config),
+                "step": 7}, path)
+    loaded = build_sam("toy", checkpoint=path)
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    with pytest.raises(ValueError, match="different config.*window_size"):
+        build_sam(dataclasses.replace(CONFIGS["toy"], window_size=4), checkpoint=path)
+
+
+def test_mismatched_checkpoint_names_the_problem_and_the_preset_it_fits(tmp_path):
+    path = tmp_path / "toy.pth"
+    torch.save(random_sam(CONFIGS["toy"]).state_dict(), path)
+    with pytest.raises(ValueError) as err:
+        build_sam(ODD, checkpoint=path)
+    message = str(err.value)
+    assert "mis-shaped tensors" in message and "image_encoder.pos_embed" in message
+    assert "missing keys" in message  # ODD has a third decoder layer the toy lacks
+    assert "fits the preset 'toy'" in message
+
+    truncated = random_sam(CONFIGS["toy"]).state_dict()
+    del truncated["mask_decoder.iou_token.weight"]
+    truncated["extra.weight"] = torch.zeros(1)
+    torch.save(truncated, path)
+    with pytest.raises(ValueError, match="1 missing keys.*iou_token.*1 unexpected keys.*extra"):
+        build_sam("toy", checkpoint=path)
+
+
+def test_bad_config_and_unreadable_checkpoint_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="'vit_x' is not a preset.*vit_b"):
+        build_sam("vit_x")
+    with pytest.raises(TypeError, match="config must be a preset name or a SamConfig"):
+        build_sam(42)
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        build_sam("toy", checkpoint=junk)
+    listing = tmp_path / "list.pt"
+    torch.save([1, 2, 3], listing)
+    with pytest.raises(ValueError, match="holds a list, not a state dict"):
+        build_sam("toy", checkpoint=listing)
+
+
+# -----------------------------------------------------------------------------
+# Properties
+
+
+coordinates = st.floats(-2000, 2000, allow_nan=False, width=32)
+
+
+@given(st.lists(st.tuples(coordinates, coordinates), min_size=1, max_size=8))
+def test_fourier_features_are_bounded_and_a_function_of_position(points):
+    pe = minisam.FourierPositionalEncoding(32)
+    coords = torch.tensor(points, dtype=torch.float32)[None]  # (1, P, 2)
+    encoded = pe(torch.cat([coords, coords], dim=1), (64, 64))  # every point twice
+    assert encoded.shape == (1, 2 * len(points), 64)
+    assert encoded.abs().max() <= 1.0
+    assert torch.equal(encoded[:, :len(points)], encoded[:, len(points):])
+    # sin^2 + cos^2 = 1: the features sit on a torus, which is what makes them bounded
+    assert torch.allclose(encoded[..., :32] ** 2 + encoded[..., 32:] ** 2,
+                          torch.ones(1, 2 * len(points), 32), atol=1e-5)
+
+
+PERMUTE_MODEL = random_sam(CONFIGS["toy"], seed=4)
+PERMUTE_EMBEDDING = PERMUTE_MODEL.image_encoder(torch.randn(1, 3, 64, 64)).detach()
+
+
+@given(st.integers(2, 6).flatmap(lambda n: st.tuples(
+    st.lists(st.tuples(st.floats(0, 63), st.floats(0, 63)), min_size=n, max_size=n),
+    st.lists(st.integers(0, 1), min_size=n, max_size=n),
+    st.permutations(range(n)), st.booleans())))
+def test_permuting_point_prompts_leaves_decoder_outputs_unchanged(case):
+    points, labels, order, with_box = case
+    coords = torch.tensor(points)[None]
+    labels = torch.tensor(labels)[None]
+    box = torch.tensor([[4.0, 5.0, 40.0, 50.0]]) if with_box else None
+    model = PERMUTE_MODEL
+    outputs = []
+    with torch.no_grad():
+        for perm in (list(range(len(order))), list(order)):
+            sparse, dense = model.prompt_encoder(points=(coords[:, perm], labels[:, perm]),
+                                                 boxes=box, masks=None)
+            outputs.append(model.mask_decoder(PERMUTE_EMBEDDING, model.prompt_encoder.get_dense_pe(),
+                                              sparse, dense, True))
+    # tokens carry no order: attention is a sum over them
+    assert torch.allclose(outputs[0][0], outputs[1][0], atol=1e-4)
+    assert torch.allclose(outputs[0][1], outputs[1][1], atol=1e-5)
+
+
+@given(st.integers(1, 12), st.integers(1, 12), st.integers(1, 7))
+def test_window_partition_round_trips(h, w, window):
+    x = torch.randn(2, h, w, 3)
+    windows = minisam.window_partition(x, window)
+    assert windows.shape[1:] == (window, window, 3)
+    assert torch.equal(minisam.window_unpartition(windows, window, (h, w)), x)
+
+
+logit_maps = st.integers(0, 2**31 - 1).map(
+    lambda seed: torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 6)
+
+
+@given(logit_maps, st.floats(0.05, 0.95))
+def test_focal_and_dice_ranges(logits, fill):
+    targets = (torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1)) < fill).float()
+    assert (focal_loss(logits, targets) >= 0).all()
+    dice = dice_loss(logits, targets)
+    assert ((dice >= 0) & (dice <= 1)).all()
+    perfect = targets * 200 - 100  # logits of +-100: sigmoid is exactly 0 or 1 in fp32
+    assert torch.equal(dice_loss(perfect, targets), torch.zeros(3))
+    assert focal_loss(perfect, targets).max() < 1e-30
+    # wrong at every pixel: no overlap, |p| + |t| = all 64 pixels, so only the smoothing is left
+    assert torch.allclose(dice_loss(-perfect, targets), torch.full((3,), 1 - 1 / 65))
+
+
+@given(logit_maps, logit_maps, st.integers(0, 2))
+def test_only_the_lowest_loss_output_gets_mask_gradient(noise, targets_seed_logits, winner):
+    target = targets_seed_logits[0] > 0  # (8, 8)
+    # three outputs; the `winner` one is the target plus small noise, the others are noise
+    logits = noise.clone()
+    logits[winner] = (target.float() * 16 - 8) + 0.1 * noise[winner]
+    logits = logits[None].requires_grad_(True)  # (1, 3, 8, 8)
+    iou_pred = torch.full((1, 3), 0.5, requires_grad=True)
+    loss, parts = sam_loss(logits, iou_pred, target[None])
+    loss.backward()
+    assert parts["best"].tolist() == [winner]
+    for output in range(3):
+        has_grad = logits.grad[0, output].abs().sum() > 0
+        assert has_grad == (output == winner)
+    assert (iou_pred.grad != 0).all()  # the IoU head learns about every output
+    assert loss.item() >= parts["iou_mse"].item() >= 0
+
+
+def test_sam_loss_iou_target_is_the_actual_iou():
+    target = torch.zeros(1, 4, 4, dtype=torch.bool)
+    target[0, :2] = True  # 8 pixels
+    logits = torch.full((1, 2, 4, 4), -5.0)
+    logits[0, 0, :1] = 5.0  # 4 of the 8: IoU 0.5
+    logits[0, 1, :2] = 5.0  # exact: IoU 1
+    loss, parts = sam_loss(logits, torch.tensor([[0.5, 1.0]]), target)
+    assert parts["iou_mse"].item() == 0.0
+    assert parts["best"].tolist() == [1]
+    assert np.isclose(loss.item(), 20 * parts["focal"].item() + parts["dice"].item())
