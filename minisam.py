@@ -132,8 +132,10 @@ def relative_position_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: 
     R_h = rel_pos_h[ih[:, None] - ih[None, :] + h - 1]  # (h, h', d): offset h - h' shifted >= 0
     R_w = rel_pos_w[iw[:, None] - iw[None, :] + w - 1]  # (w, w', d)
     q = q.reshape(q.shape[0], h, w, -1)
-    bias_h = torch.einsum("bhwd,hkd->bhwk", q, R_h)  # (B, h, w, h')
-    bias_w = torch.einsum("bhwd,wkd->bhwk", q, R_w)  # (B, h, w, w')
+    # einsum may hand back permuted views; made contiguous, the large sum below is laid out
+    # in order and the final reshape costs nothing (else it copies B * (h*w)^2 floats)
+    bias_h = torch.einsum("bhwd,hkd->bhwk", q, R_h).contiguous()  # (B, h, w, h')
+    bias_w = torch.einsum("bhwd,wkd->bhwk", q, R_w).contiguous()  # (B, h, w, w')
     bias = bias_h[..., :, None] + bias_w[..., None, :]  # (B, h, w, h', w')
     return bias.reshape(q.shape[0], h * w, h * w)
 

@@ -1,0 +1,136 @@
+"""
+bench.py: how fast is minisam, measured against the reference implementation and against
+what this machine can do at all.
+
+    python bench.py            # full table, a few minutes on a 2-core CPU
+    python bench.py --quick    # fewer repeats, about a minute
+
+Each row runs minisam and the reference (`segment-anything`, from requirements-test.txt) on
+the same random weights and inputs, alternating between them, and reports the median of the
+repeats after a warm-up. Without the reference installed the ratio column stays empty.
+"""
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import time
+
+import torch
+
+from minisam import CONFIGS
+from test_minisam import random_sam, reference_sam
+
+
+def median_times(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median wall time of each function; the functions alternate so that any drift in the
+    machine's speed (turbo, other processes) hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's practical ceiling: one large square matmul, 2 n^3 FLOPs."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    seconds = median_times({"mm": lambda: a @ b}, repeats)["mm"]
+    return 2 * n**3 / seconds / 1e9
+
+
+def encoder_flops(cfg) -> float:
+    """Multiply-adds x 2 of the image encoder, counted from the architecture (linear layers,
+    attention logits and weighted sums, relative-position terms, patch embedding, neck)."""
+    g, C, w = cfg.image_embedding_size, cfg.encoder_embed_dim, cfg.window_size
+    tokens = g * g
+    hidden = int(C * cfg.mlp_ratio)
+    linear = tokens * (3 * C * C + C * C + 2 * C * hidden)  # qkv, proj, MLP
+    flops = 0
+    for i in range(cfg.encoder_depth):
+        side = g if i in cfg.encoder_global_attn_indexes else w
+        padded = tokens if side == g else (-(-g // w) * w) ** 2
+        keys = side * side
+        # q.k and attn.v over every query, plus q.R_h and q.R_w for every key row/column
+        attention = padded * keys * C * 2 + padded * 2 * side * C
+        flops += 2 * (linear + attention)
+    patch = tokens * 3 * cfg.patch_size**2 * C
+    neck = tokens * (C * cfg.prompt_embed_dim + 9 * cfg.prompt_embed_dim**2)
+    return flops + 2 * (patch + neck)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else 3
+    torch.manual_seed(0)
+    rows = []  # (what, minisam, reference, unit)
+
+    def row(what, ours, ref=None, unit="s"):
+        rows.append((what, ours, ref, unit))
+        ratio = f"{ours / ref:.2f}" if ref else ""
+        print(f"{what:<46} {ours:>10.4g} {'' if ref is None else f'{ref:10.4g}':>10} "
+              f"{ratio:>6} {unit}", flush=True)
+
+    print(f"minisam bench, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'row':<46} {'minisam':>10} {'reference':>10} {'ratio':>6} unit")
+    peak32, peak16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    row("matmul 2048^3 fp32", peak32, unit="GFLOP/s")
+    row("matmul 2048^3 bf16", peak16, unit="GFLOP/s")
+
+    # ViT-B image encoder at 1024x1024, fp32 and bf16
+    cfg = CONFIGS["vit_b"]
+    ours = random_sam(cfg)
+    try:
+        theirs = reference_sam(cfg)
+        theirs.load_state_dict(ours.state_dict())
+    except BaseException:  # pytest.skip raises a BaseException when the reference is absent
+        theirs = None
+    x = torch.randn(1, 3, 1024, 1024)
+
+    @torch.no_grad()
+    def encode(model, bf16=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model.image_encoder(x)
+
+    fns = {"fp32": lambda: encode(ours), "bf16": lambda: encode(ours, bf16=True)}
+    if theirs is not None:
+        fns["ref"] = lambda: encode(theirs)
+    t = median_times(fns, repeats, warmup=0 if args.quick else 1)
+    flops = encoder_flops(cfg)
+    row("ViT-B encoder 1024px fp32", t["fp32"], t.get("ref"))
+    row("ViT-B encoder 1024px bf16 (autocast)", t["bf16"], t.get("ref"))
+    row("  fp32 achieved / matmul peak", flops / t["fp32"] / 1e9 / peak32, unit="fraction")
+    row("  bf16 achieved / matmul peak", flops / t["bf16"] / 1e9 / peak16, unit="fraction")
+    full = ours.prompt_encoder, ours.mask_decoder
+    with torch.no_grad():
+        embedding32, embedding16 = encode(ours), encode(ours, bf16=True).float()
+        click = (torch.tensor([[[500.0, 375.0]]]), torch.tensor([[1]]))
+        masks = [full[1](e, full[0].get_dense_pe(), *full[0](click, None, None), True)[0] > 0
+                 for e in (embedding32, embedding16)]
+    row("  bf16 masks agreeing with fp32", (masks[0] == masks[1]).float().mean().item(),
+        unit="fraction of pixels")
+
+    # one click through prompt encoder + decoder at full size (256-d, 64x64 embedding)
+    def one_click(model):
+        with torch.no_grad():
+            sparse, dense = model.prompt_encoder(points=click, boxes=None, masks=None)
+            return model.mask_decoder(embedding32, model.prompt_encoder.get_dense_pe(), sparse,
+                                      dense, True)
+
+    fns = {"ours": lambda: one_click(ours)}
+    if theirs is not None:
+        fns["ref"] = lambda: one_click(theirs)
+    t = median_times(fns, 10 if args.quick else 30, warmup=3)
+    row("one click, prompt encoder + decoder (ViT-B)", t["ours"], t.get("ref"))
+
+
+if __name__ == "__main__":
+    main()
