@@ -391,15 +391,18 @@ class TwoWayAttentionBlock(nn.Module):
             q = tokens + token_pe
             tokens = tokens + self.self_attn(q, q, tokens)
         tokens = self.norm1(tokens)
+        # the pixels with their positions: keys in (2), queries in (4); the image itself does
+        # not change in between, so this (N, g*g, C) sum is made once
+        image_with_pe = image + image_pe
         # (2) token-to-image: each token gathers evidence from the pixels
-        q, k = tokens + token_pe, image + image_pe
-        tokens = self.norm2(tokens + self.cross_attn_token_to_image(q, k, image))
+        q = tokens + token_pe
+        tokens = self.norm2(tokens + self.cross_attn_token_to_image(q, image_with_pe, image))
         # (3) MLP on each token
         tokens = self.norm3(tokens + self.mlp(tokens))
         # (4) image-to-token: each pixel reads the updated prompt, so the image embedding
         # itself becomes prompt-aware before the masks are read from it
-        q, k = tokens + token_pe, image + image_pe
-        image = self.norm4(image + self.cross_attn_image_to_token(k, q, tokens))
+        k = tokens + token_pe
+        image = self.norm4(image + self.cross_attn_image_to_token(image_with_pe, k, tokens))
         return tokens, image
 
 
@@ -413,8 +416,9 @@ class TwoWayTransformer(nn.Module):
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor):
         """image, image_pe (N, C, g, g); tokens (N, T, C) -> tokens (N, T, C), image (N, g*g, C)."""
-        image = image.flatten(2).transpose(1, 2)
-        image_pe = image_pe.flatten(2).transpose(1, 2)
+        # pixels become tokens, laid out token-major once here rather than by every linear
+        image = image.flatten(2).transpose(1, 2).contiguous()
+        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         token_pe = tokens
         for layer in self.layers:
             tokens, image = layer(tokens, image, token_pe, image_pe)
@@ -475,7 +479,9 @@ class MaskDecoder(nn.Module):
         iou_token_out, mask_tokens_out = tokens[:, 0], tokens[:, 1:1 + self.num_mask_tokens]
 
         N, C, g, _ = dense_prompt_embeddings.shape
-        upscaled = self.output_upscaling(image.transpose(1, 2).reshape(N, C, g, g))
+        # (N, g*g, C) tokens viewed as an (N, C, g, g) map; the memory stays channels-last,
+        # which the convolutions take without a copy
+        upscaled = self.output_upscaling(image.transpose(1, 2).unflatten(2, (g, g)))
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in
                                 enumerate(self.output_hypernetworks_mlps)], dim=1)  # (N, M+1, C/8)
         masks = torch.einsum("nmc,nchw->nmhw", hyper_in, upscaled)  # (N, M+1, 4g, 4g)
