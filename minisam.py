@@ -16,7 +16,7 @@ Module names mirror the released reference so that the official checkpoints
 """
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -607,9 +607,11 @@ def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
             raise ValueError(f"checkpoint {str(checkpoint)!r} holds a {type(state).__name__}, "
                              "not a state dict")
         if "model" in state and "config" in state:  # our own training checkpoint
-            saved = SamConfig(**{f.name: tuple(v) if isinstance(v, list) else v
-                                 for f in fields(SamConfig)
-                                 for v in [state["config"].get(f.name, getattr(config, f.name))]})
+            try:  # tuples come back from the file as lists
+                saved = SamConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in state["config"].items()})
+            except TypeError as e:
+                raise ValueError(f"checkpoint {str(checkpoint)!r} has an unreadable config: {e}")
             if saved != config:
                 diff = {k: v for k, v in asdict(saved).items() if getattr(config, k) != v}
                 raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with a different "

@@ -263,6 +263,9 @@ def test_training_checkpoint_loads(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value)
     with pytest.raises(ValueError, match="different config.*window_size"):
         build_sam(dataclasses.replace(CONFIGS["toy"], window_size=4), checkpoint=path)
+    torch.save({"model": source.state_dict(), "config": {"widht": 3}}, path)
+    with pytest.raises(ValueError, match="unreadable config.*widht"):
+        build_sam("toy", checkpoint=path)
 
 
 def test_mismatched_checkpoint_names_the_problem_and_the_preset_it_fits(tmp_path):
