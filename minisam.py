@@ -19,6 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -676,3 +677,207 @@ def sam_loss(mask_logits: torch.Tensor, iou_predictions: torch.Tensor,
     parts = {"focal": focal[rows, best].mean().detach(), "dice": dice[rows, best].mean().detach(),
              "iou_mse": iou_mse.detach(), "best": best}
     return loss, parts
+
+
+# -----------------------------------------------------------------------------
+# 5. Predictor: one image_embedding, many clicks (section 4, "Assisted-manual stage")
+# The image encoder runs once per image; each click then costs only the prompt encoder and
+# the decoder. That split is what let the paper's browser tool answer a click in about 50 ms
+# on a CPU. The predictor owns the bookkeeping around it: resizing the image so its longest
+# side is image_size, mapping prompts into that frame, and mapping masks back.
+
+
+class ResizeLongestSide:
+    """Resize so the longest side is `target_length` (aspect ratio kept), and move coordinates
+    and boxes into the resized frame; numpy for single images, torch for batches."""
+
+    def __init__(self, target_length: int):
+        self.target_length = target_length
+
+    @staticmethod
+    def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> Tuple[int, int]:
+        scale = long_side_length / max(oldh, oldw)
+        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+
+    def apply_image(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) -> uint8 (h, w, 3). Bilinear with antialiasing when shrinking, which
+        is close to (not bit-equal with) the PIL resize of the reference."""
+        size = self.get_preprocess_shape(*image.shape[:2], self.target_length)
+        if size == image.shape[:2]:
+            return image
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        x = self.apply_image_torch(x)
+        return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float -> (B, 3, h, w)."""
+        size = self.get_preprocess_shape(*image.shape[-2:], self.target_length)
+        return F.interpolate(image, size, mode="bilinear", align_corners=False, antialias=True)
+
+    def _xy_scale(self, original_size: Tuple[int, int]) -> Tuple[float, float]:
+        h, w = original_size
+        new_h, new_w = self.get_preprocess_shape(h, w, self.target_length)
+        return new_w / w, new_h / h
+
+    def apply_coords(self, coords: np.ndarray, original_size: Tuple[int, int]) -> np.ndarray:
+        """(..., 2) pixel (x, y) in the original image -> the resized frame, float64."""
+        return np.asarray(coords, dtype=np.float64) * self._xy_scale(original_size)
+
+    def apply_boxes(self, boxes: np.ndarray, original_size: Tuple[int, int]) -> np.ndarray:
+        return self.apply_coords(np.reshape(boxes, (-1, 2, 2)), original_size).reshape(-1, 4)
+
+    def apply_coords_torch(self, coords: torch.Tensor, original_size: Tuple[int, int]):
+        return coords.float() * torch.tensor(self._xy_scale(original_size), device=coords.device)
+
+    def apply_boxes_torch(self, boxes: torch.Tensor, original_size: Tuple[int, int]):
+        return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+
+def _finite_array(name: str, value, shape_text: str, ndim: int, last: Optional[int]) -> np.ndarray:
+    """A prompt argument as a float array of the documented shape, or a ValueError/TypeError
+    that names the argument and says what was expected."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a numeric array of shape {shape_text}, got "
+                        f"{type(value).__name__}") from e
+    if array.ndim != ndim or (last is not None and array.shape[-1] != last):
+        raise ValueError(f"{name} must have shape {shape_text}, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf in {array.tolist()}")
+    return array
+
+
+class SamPredictor:
+    """Interactive segmentation of one image: set_image once, then predict for each prompt.
+    The interface is the reference package's, so code written for it runs unchanged."""
+
+    def __init__(self, sam_model: Sam):
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features = None  # the image_embedding, (1, C, g, g)
+        self.original_size = self.input_size = None
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """image: uint8 (H, W, 3) in `image_format` ("RGB" or "BGR"). Runs the image encoder."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        if not isinstance(image, np.ndarray):
+            raise TypeError(f"image must be a numpy array of shape (H, W, 3) and dtype uint8, "
+                            f"got {type(image).__name__} (for a PIL image use np.asarray(img))")
+        if image.dtype != np.uint8:
+            raise TypeError(f"image must have dtype uint8 (0..255), got {image.dtype} (for floats "
+                            "in [0, 1] use (img * 255).round().astype(np.uint8))")
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
+            raise ValueError(f"image must be RGB of shape (H, W, 3), got grayscale {image.shape}; "
+                             "convert with np.stack([img] * 3, -1)")
+        if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
+            raise ValueError(f"image must be channels-last (H, W, 3), got {image.shape}; "
+                             "use img.transpose(1, 2, 0)")
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"image must have shape (H, W, 3), got {image.shape}"
+                             + ("; drop the alpha channel with img[..., :3]"
+                                if image.ndim == 3 and image.shape[-1] == 4 else ""))
+        if min(image.shape[:2]) < 1:
+            raise ValueError(f"image must be at least 1x1 pixels, got {image.shape}")
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
+        self.set_torch_image(resized.permute(2, 0, 1)[None], image.shape[:2])
+
+    @torch.no_grad()
+    def set_torch_image(self, transformed_image: torch.Tensor,
+                        original_image_size: Tuple[int, int]) -> None:
+        """transformed_image: (1, 3, h, w), already resized so max(h, w) == image_size."""
+        size = self.model.image_encoder.img_size
+        if (transformed_image.ndim != 4 or transformed_image.shape[:2] != (1, 3)
+                or max(transformed_image.shape[2:]) != size):
+            raise ValueError(f"transformed_image must be (1, 3, h, w) with max(h, w) == {size}, "
+                             f"got {tuple(transformed_image.shape)}")
+        self.reset_image()
+        self.original_size = tuple(int(s) for s in original_image_size)
+        self.input_size = tuple(transformed_image.shape[-2:])
+        self.features = self.model.image_encoder(self.model.preprocess(transformed_image.float()))
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        self._check_image_set()
+        return self.features
+
+    def _check_image_set(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("no image is set: call predictor.set_image(image) before this")
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = True, return_logits: bool = False):
+        """Prompts in the original image's pixel frame: point_coords (N, 2) as (x, y) with
+        point_labels (N,) 1 = foreground, 0 = background; box (4,) as x0, y0, x1, y1;
+        mask_input (1, h, w): low-res logits from a previous call, to refine.
+        Returns masks (C, H, W) bool (logits if return_logits), iou_predictions (C,) and
+        low_res_masks (C, h, w), as numpy; C = 3 with multimask_output, else 1."""
+        self._check_image_set()
+        H, W = self.original_size
+        coords = labels = boxes = masks = None
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is not None:
+            coords = _finite_array("point_coords", point_coords, "(N, 2)", 2, 2)
+            labels = _finite_array("point_labels", point_labels, "(N,)", 1, None)
+            if len(labels) != len(coords):
+                raise ValueError(f"point_labels has {len(labels)} labels for {len(coords)} points")
+            if not np.isin(labels, (0, 1)).all():
+                raise ValueError(f"point_labels must be 0 (background) or 1 (foreground), "
+                                 f"got {np.unique(labels).tolist()}")
+            outside = (coords < 0).any(1) | (coords[:, 0] > W) | (coords[:, 1] > H)
+            if outside.any():
+                raise ValueError(f"point_coords must lie in the image (0 <= x <= {W}, "
+                                 f"0 <= y <= {H}), got {coords[outside].tolist()}")
+            coords = torch.as_tensor(self.transform.apply_coords(coords, self.original_size),
+                                     dtype=torch.float, device=self.device)[None]
+            labels = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            box = _finite_array("box", np.reshape(box, -1) if np.size(box) == 4 else box,
+                                "(4,) as x0, y0, x1, y1", 1, 4)
+            if box[0] > box[2] or box[1] > box[3]:
+                raise ValueError(f"box must have x0 <= x1 and y0 <= y1, got {box.tolist()}")
+            boxes = torch.as_tensor(self.transform.apply_boxes(box, self.original_size),
+                                    dtype=torch.float, device=self.device)
+        if mask_input is not None:
+            low_res = self.model.prompt_encoder.mask_input_size
+            masks = _finite_array("mask_input", mask_input, f"(1, {low_res[0]}, {low_res[1]})",
+                                  3, None)
+            if masks.shape != (1, *low_res):
+                raise ValueError(f"mask_input must have shape (1, {low_res[0]}, {low_res[1]}) "
+                                 f"(a low_res_masks row of an earlier call), got {masks.shape}")
+            masks = torch.as_tensor(masks, dtype=torch.float, device=self.device)[None]
+        out = self.predict_torch(coords, labels, boxes, masks, multimask_output, return_logits)
+        return tuple(x[0].cpu().numpy() for x in out)
+
+    @torch.no_grad()
+    def predict_torch(self, point_coords: Optional[torch.Tensor],
+                      point_labels: Optional[torch.Tensor], boxes: Optional[torch.Tensor] = None,
+                      mask_input: Optional[torch.Tensor] = None, multimask_output: bool = True,
+                      return_logits: bool = False):
+        """A batch of B prompts for the set image, already in the resized frame (use
+        self.transform.apply_coords_torch / apply_boxes_torch): point_coords (B, N, 2),
+        point_labels (B, N), boxes (B, 4), mask_input (B, 1, h, w).
+        Returns masks (B, C, H, W), iou_predictions (B, C), low_res_masks (B, C, h, w)."""
+        self._check_image_set()
+        points = (point_coords, point_labels) if point_coords is not None else None
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        low_res_masks, iou_predictions = self.model.mask_decoder(
+            image_embeddings=self.features, image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+            multimask_output=multimask_output)
+        masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou_predictions, low_res_masks

@@ -400,3 +400,75 @@ def test_sam_loss_iou_target_is_the_actual_iou():
     assert parts["iou_mse"].item() == 0.0
     assert parts["best"].tolist() == [1]
     assert np.isclose(loss.item(), 20 * parts["focal"].item() + parts["dice"].item())
+
+
+# -----------------------------------------------------------------------------
+# Predictor: parity with the reference SamPredictor, and the input contract
+
+
+def twin_predictors(image: np.ndarray, cfg: SamConfig = CONFIGS["toy"], seed: int = 0):
+    ours, theirs = twin_models(cfg, seed)
+    predictors = minisam.SamPredictor(ours), reference_package().SamPredictor(theirs)
+    for predictor in predictors:
+        predictor.set_image(image)
+    return predictors
+
+
+def toy_photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth random image with some structure, uint8 (h, w, 3)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, 12, 12, generator=g) * 255
+    smooth = F_interpolate(coarse, (h, w))
+    return smooth[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def F_interpolate(x, size):
+    return torch.nn.functional.interpolate(x, size, mode="bilinear", align_corners=False)
+
+
+PREDICT_CASES = {
+    "points": dict(point_coords=np.array([[20.0, 15.0], [40.0, 30.0]]), point_labels=np.array([1, 0])),
+    "box": dict(box=np.array([5.0, 8.0, 50.0, 40.0])),
+    "points_and_box": dict(point_coords=np.array([[30.0, 20.0]]), point_labels=np.array([1]),
+                           box=np.array([5.0, 8.0, 50.0, 40.0])),
+}
+
+
+@pytest.mark.parametrize("multimask_output", [True, False])
+@pytest.mark.parametrize("case", PREDICT_CASES)
+def test_predictor_matches_reference_exactly_without_resizing(case, multimask_output):
+    image = toy_photo(48, 64)  # longest side == image_size: no resampling on either side
+    ours, theirs = twin_predictors(image)
+    assert_close(ours.get_image_embedding(), theirs.get_image_embedding())
+    out = ours.predict(**PREDICT_CASES[case], multimask_output=multimask_output)
+    ref = theirs.predict(**PREDICT_CASES[case], multimask_output=multimask_output)
+    masks, iou, low_res = (torch.as_tensor(x) for x in out)
+    assert masks.shape == (3 if multimask_output else 1, 48, 64) and masks.dtype == torch.bool
+    assert_close(low_res, torch.as_tensor(ref[2]))
+    assert_close(iou, torch.as_tensor(ref[1]))
+    assert (masks != torch.as_tensor(ref[0])).float().mean() < 1e-3
+    # refining with the previous low-res logits as the mask prompt
+    refined = ours.predict(**PREDICT_CASES[case], mask_input=low_res[:1].numpy(),
+                           multimask_output=multimask_output, return_logits=True)
+    ref_refined = theirs.predict(**PREDICT_CASES[case], mask_input=ref[2][:1],
+                                 multimask_output=multimask_output, return_logits=True)
+    assert_close(torch.as_tensor(refined[0]), torch.as_tensor(ref_refined[0]))
+
+
+def test_predictor_close_to_reference_when_resizing():
+    """Images that need resizing: our antialiased bilinear and PIL's resampling round some
+    pixels to neighbouring grey levels (measured: at most 1 level, ~0.1 on average), which
+    moves the logits by a few 1e-4 of their scale and flips almost no mask pixel."""
+    for (h, w), resized_shape in (((150, 97), (64, 41)), ((40, 30), (64, 48))):  # down and up
+        image = toy_photo(h, w, seed=2)
+        ours, theirs = twin_predictors(image)
+        resized = ours.transform.apply_image(image).astype(int)
+        ref_resized = theirs.transform.apply_image(image).astype(int)
+        assert resized.shape == ref_resized.shape == (*resized_shape, 3)
+        assert np.abs(resized - ref_resized).max() <= 1
+        assert np.abs(resized - ref_resized).mean() < 0.3
+        out = ours.predict(**PREDICT_CASES["points_and_box"])
+        ref = theirs.predict(**PREDICT_CASES["points_and_box"])
+        assert out[0].shape == ref[0].shape == (3, h, w)
+        assert_close(torch.as_tensor(out[2]), torch.as_tensor(ref[2]), rel=2e-3)
+        assert (out[0] != ref[0]).mean() < 1e-3
