@@ -748,6 +748,29 @@ def _finite_array(name: str, value, shape_text: str, ndim: int, last: Optional[i
     return array
 
 
+def _check_image(image) -> None:
+    """The one image contract of the public API: a uint8 (H, W, 3) numpy array. Anything else
+    is refused with the conversion that would fix it."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array of shape (H, W, 3) and dtype uint8, "
+                        f"got {type(image).__name__} (for a PIL image use np.asarray(img))")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must have dtype uint8 (0..255), got {image.dtype} (for floats "
+                        "in [0, 1] use (img * 255).round().astype(np.uint8))")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
+        raise ValueError(f"image must be RGB of shape (H, W, 3), got grayscale {image.shape}; "
+                         "convert with np.dstack([img] * 3)")
+    if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
+        raise ValueError(f"image must be channels-last (H, W, 3), got {image.shape}; "
+                         "use img.transpose(1, 2, 0)")
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}"
+                         + ("; drop the alpha channel with img[..., :3]"
+                            if image.ndim == 3 and image.shape[-1] == 4 else ""))
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image must be at least 1x1 pixels, got {image.shape}")
+
+
 class SamPredictor:
     """Interactive segmentation of one image: set_image once, then predict for each prompt.
     The interface is the reference package's, so code written for it runs unchanged."""
@@ -770,24 +793,7 @@ class SamPredictor:
         """image: uint8 (H, W, 3) in `image_format` ("RGB" or "BGR"). Runs the image encoder."""
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        if not isinstance(image, np.ndarray):
-            raise TypeError(f"image must be a numpy array of shape (H, W, 3) and dtype uint8, "
-                            f"got {type(image).__name__} (for a PIL image use np.asarray(img))")
-        if image.dtype != np.uint8:
-            raise TypeError(f"image must have dtype uint8 (0..255), got {image.dtype} (for floats "
-                            "in [0, 1] use (img * 255).round().astype(np.uint8))")
-        if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
-            raise ValueError(f"image must be RGB of shape (H, W, 3), got grayscale {image.shape}; "
-                             "convert with np.stack([img] * 3, -1)")
-        if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
-            raise ValueError(f"image must be channels-last (H, W, 3), got {image.shape}; "
-                             "use img.transpose(1, 2, 0)")
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"image must have shape (H, W, 3), got {image.shape}"
-                             + ("; drop the alpha channel with img[..., :3]"
-                                if image.ndim == 3 and image.shape[-1] == 4 else ""))
-        if min(image.shape[:2]) < 1:
-            raise ValueError(f"image must be at least 1x1 pixels, got {image.shape}")
+        _check_image(image)
         if image_format != self.model.image_format:
             image = image[..., ::-1]
         resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
@@ -881,3 +887,364 @@ class SamPredictor:
         if not return_logits:
             masks = masks > self.model.mask_threshold
         return masks, iou_predictions, low_res_masks
+
+
+# -----------------------------------------------------------------------------
+# 6. Automatic masks: segment everything (section 4, "Fully automatic stage"; appendix B)
+# The last stage of the data engine labelled 11M images with no annotator: prompt the
+# model with a regular grid of points (32x32), 3 masks per point, then keep only masks
+# that are
+#   - confident: the IoU head predicts a high IoU (pred_iou_thresh),
+#   - stable: thresholding the logits at 0 - offset and at 0 + offset gives nearly the same
+#     mask (stability_score, an IoU of the two); a mask whose border sits on a steep logit
+#     cliff is one the model is sure of,
+#   - unique: box non-maximum suppression removes near-duplicates from neighbouring points.
+# Small objects get a second chance in zoomed-in crops (crop layer i has 2^i x 2^i
+# overlapping crops, each seen at full model resolution); masks that touch a crop's inner
+# edge are cut off by the crop and dropped, and duplicates across crops are resolved in
+# favour of the smaller (more zoomed-in) crop. Finally small islands and holes are cleaned
+# up, and NMS runs again preferring masks the clean-up left untouched.
+
+
+def calculate_stability_score(mask_logits: torch.Tensor, mask_threshold: float,
+                              offset: float) -> torch.Tensor:
+    """IoU between the mask at threshold + offset and at threshold - offset: (..., H, W) ->
+    (...). The first mask lies inside the second, so the IoU is a ratio of areas."""
+    inner = (mask_logits > mask_threshold + offset).flatten(-2).sum(-1)
+    outer = (mask_logits > mask_threshold - offset).flatten(-2).sum(-1)
+    return inner / outer
+
+
+def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
+    """Tightest box around each mask, (..., H, W) bool -> (..., 4) as x0, y0, x1, y1 with
+    inclusive pixel indices; an empty mask gets (0, 0, 0, 0)."""
+    h, w = masks.shape[-2:]
+    rows, cols = masks.any(-1), masks.any(-2)  # (..., H), (..., W): which rows/columns are hit
+    ys, xs = torch.arange(h, device=masks.device), torch.arange(w, device=masks.device)
+    x0 = torch.where(cols, xs, w).amin(-1)
+    x1 = torch.where(cols, xs, -1).amax(-1)
+    y0 = torch.where(rows, ys, h).amin(-1)
+    y1 = torch.where(rows, ys, -1).amax(-1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=-1)
+    return torch.where(masks.flatten(-2).any(-1, keepdim=True), boxes, 0)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4), (M, 4) XYXY -> (N, M) IoU."""
+    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+    return inter / (box_area(a)[:, None] + box_area(b)[None] - inter)
+
+
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy non-maximum suppression: visit boxes from the best score down and drop every
+    later box that overlaps a kept one by IoU > iou_threshold. Returns kept indices, best
+    first. Ties keep their input order (a stable sort), as the cross-crop NMS relies on."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    overlaps = box_iou(boxes[order].float(), boxes[order].float()) > iou_threshold  # (N, N)
+    keep = torch.ones(len(order), dtype=torch.bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1:] &= ~overlaps[i, i + 1:]
+    return order[keep]
+
+
+def mask_to_rle(masks: torch.Tensor) -> list:
+    """(B, H, W) bool -> COCO's uncompressed RLE per mask: {"size": [H, W], "counts": [...]},
+    run lengths in column-major order, the first run counting zeros (possibly 0 of them)."""
+    b, h, w = masks.shape
+    flat = masks.transpose(1, 2).flatten(1)  # (B, H*W) column-major
+    change = torch.nonzero(flat[:, 1:] != flat[:, :-1])  # (changes, 2): mask index, position
+    rles = []
+    for i in range(b):
+        ends = change[change[:, 0] == i, 1] + 1  # where each run but the last ends
+        bounds = torch.cat([ends.new_zeros(1), ends, ends.new_tensor([h * w])])
+        counts = torch.diff(bounds).tolist()
+        rles.append({"size": [h, w], "counts": ([0] if flat[i, 0] else []) + counts})
+    return rles
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """Inverse of mask_to_rle: -> (H, W) bool."""
+    h, w = rle["size"]
+    values = np.arange(len(rle["counts"])) % 2 == 1  # runs alternate 0, 1, 0, ...
+    return np.repeat(values, rle["counts"]).reshape(w, h).T
+
+
+def area_from_rle(rle: dict) -> int:
+    return int(sum(rle["counts"][1::2]))
+
+
+def connected_components(mask: np.ndarray) -> np.ndarray:
+    """8-connected components of a (H, W) bool mask -> int labels: 0 for background, else
+    1 + the flat index of the component's first pixel in raster order (so sorting labels
+    sorts components as a raster scan meets them). Every pixel repeatedly takes the best
+    label in its 3x3 neighbourhood until nothing changes; the number of rounds is the longest
+    path inside a component."""
+    h, w = mask.shape
+    inside = torch.from_numpy(mask)[None, None]
+    # max-pooling spreads the largest value, so count pixels down from h*w: the first pixel
+    # of a component carries its largest value
+    rank = torch.arange(h * w, 0, -1, dtype=torch.float64).view(1, 1, h, w) * inside
+    while True:
+        spread = F.max_pool2d(rank, 3, stride=1, padding=1) * inside
+        if torch.equal(spread, rank):
+            break
+        rank = spread
+    return np.where(mask, h * w - rank[0, 0].long().numpy() + 1, 0)
+
+
+def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str):
+    """Fill holes ("holes") or drop islands ("islands") smaller than area_thresh pixels.
+    Returns the new mask and whether anything changed. Removing every island would empty
+    the mask; then the largest one stays."""
+    fill_holes = mode == "holes"
+    labels = connected_components(mask ^ fill_holes)  # holes are components of the outside
+    ids, sizes = np.unique(labels[labels > 0], return_counts=True)
+    small = ids[sizes < area_thresh]
+    if len(small) == 0:
+        return mask, False
+    if fill_holes:
+        return mask | np.isin(labels, small), True
+    big = ids[sizes >= area_thresh]
+    return np.isin(labels, big if len(big) else ids[np.argmax(sizes)]), True
+
+
+def build_point_grid(n_per_side: int) -> np.ndarray:
+    """(n^2, 2) points at the cell centres of an n x n grid over [0, 1]^2, as (x, y)."""
+    side = (np.arange(n_per_side) + 0.5) / n_per_side
+    return np.stack(np.meshgrid(side, side), axis=-1).reshape(-1, 2)
+
+
+def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer: int) -> list:
+    """One grid per crop layer; deeper layers' crops are smaller, so they may use fewer points."""
+    return [build_point_grid(int(n_per_side / scale_per_layer**i)) for i in range(n_layers + 1)]
+
+
+def generate_crop_boxes(im_size: Tuple[int, int], n_layers: int, overlap_ratio: float):
+    """Layer 0 is the whole image; layer i tiles it with 2^i x 2^i crops that overlap by
+    overlap_ratio of the short side (scaled down per layer). Returns XYXY boxes, layer ids."""
+    im_h, im_w = im_size
+    boxes, layers = [[0, 0, im_w, im_h]], [0]
+    for layer in range(1, n_layers + 1):
+        n = 2**layer
+        overlap = int(overlap_ratio * min(im_h, im_w) * 2 / n)
+        crop_w = math.ceil((overlap * (n - 1) + im_w) / n)
+        crop_h = math.ceil((overlap * (n - 1) + im_h) / n)
+        for i in range(n):
+            for j in range(n):
+                x0, y0 = (crop_w - overlap) * i, (crop_h - overlap) * j
+                boxes.append([x0, y0, min(x0 + crop_w, im_w), min(y0 + crop_h, im_h)])
+                layers.append(layer)
+    return boxes, layers
+
+
+def is_box_near_crop_edge(boxes: torch.Tensor, crop_box: list, orig_box: list,
+                          atol: float = 20.0) -> torch.Tensor:
+    """(N, 4) boxes in crop coordinates -> (N,) True where a box side lies within atol pixels
+    of an edge of the crop that is not also an edge of the image: the object probably
+    continues outside the crop, and another crop sees it whole."""
+    boxes = (boxes + torch.tensor(crop_box[:2] * 2, device=boxes.device)).float()
+    crop = torch.tensor(crop_box, dtype=torch.float, device=boxes.device)
+    image = torch.tensor(orig_box, dtype=torch.float, device=boxes.device)
+    near_crop = (boxes - crop).abs() <= atol
+    near_image = (boxes - image).abs() <= atol
+    return (near_crop & ~near_image).any(dim=1)
+
+
+def box_xyxy_to_xywh(box) -> list:
+    x0, y0, x1, y1 = (int(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+class SamAutomaticMaskGenerator:
+    """Segment everything in an image: the data engine's fully automatic stage.
+
+    The defaults are the reference's, tuned for ViT-H on real photographs. The small toy
+    model trained by train_toy.py is less sure of itself: see TOY_AMG_SETTINGS in
+    train_toy.py for thresholds that suit it."""
+
+    def __init__(self, model: Sam, points_per_side: Optional[int] = 32, points_per_batch: int = 64,
+                 pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
+                 stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7,
+                 crop_n_layers: int = 0, crop_nms_thresh: float = 0.7,
+                 crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
+                 point_grids: Optional[list] = None, min_mask_region_area: int = 0,
+                 output_mode: str = "binary_mask"):
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side and point_grids, got "
+                             f"points_per_side={points_per_side!r} and "
+                             f"point_grids={'None' if point_grids is None else 'a list'}")
+        for name, value, low in (("points_per_batch", points_per_batch, 1),
+                                 ("crop_n_layers", crop_n_layers, 0),
+                                 ("crop_n_points_downscale_factor",
+                                  crop_n_points_downscale_factor, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name, value, low, high in (
+                ("pred_iou_thresh", pred_iou_thresh, 0, 1),
+                ("stability_score_thresh", stability_score_thresh, 0, 1),
+                ("stability_score_offset", stability_score_offset, 0, math.inf),
+                ("box_nms_thresh", box_nms_thresh, 0, 1),
+                ("crop_nms_thresh", crop_nms_thresh, 0, 1),
+                ("crop_overlap_ratio", crop_overlap_ratio, 0, 1),
+                ("min_mask_region_area", min_mask_region_area, 0, math.inf)):
+            if not isinstance(value, (int, float)) or not low <= value <= high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+        if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
+            raise ValueError("output_mode must be 'binary_mask', 'uncompressed_rle' or "
+                             f"'coco_rle', got {output_mode!r}")
+        if output_mode == "coco_rle":
+            try:
+                from pycocotools import mask as _  # noqa: F401
+            except ImportError as e:
+                raise ImportError("output_mode='coco_rle' needs pycocotools (pip install "
+                                  "pycocotools); 'uncompressed_rle' needs nothing") from e
+        if points_per_side is not None:
+            if not isinstance(points_per_side, int) or points_per_side < 1:
+                raise ValueError(f"points_per_side must be a positive integer, got "
+                                 f"{points_per_side!r}")
+            point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
+                                                      crop_n_points_downscale_factor)
+        if len(point_grids) != crop_n_layers + 1:
+            raise ValueError(f"point_grids must hold one grid per crop layer "
+                             f"({crop_n_layers + 1}), got {len(point_grids)}")
+        for grid in point_grids:
+            grid = _finite_array("point_grids[i]", grid, "(N, 2) in [0, 1]", 2, 2)
+            if (grid < 0).any() or (grid > 1).any():
+                raise ValueError("point_grids hold coordinates normalised to [0, 1]")
+        self.predictor = SamPredictor(model)
+        self.point_grids = point_grids
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray) -> list:
+        """image: uint8 (H, W, 3) RGB. Returns one record per mask: segmentation (per
+        output_mode), area, bbox (XYWH), predicted_iou, point_coords, stability_score,
+        crop_box (XYWH)."""
+        _check_image(image)
+        masks = self._generate_masks(image)
+        if self.min_mask_region_area > 0:
+            masks = self._remove_small_regions(masks)
+        records = []
+        for i, rle in enumerate(masks["rles"]):
+            if self.output_mode == "binary_mask":
+                segmentation = rle_to_mask(rle)
+            elif self.output_mode == "coco_rle":
+                from pycocotools import mask as mask_utils
+                segmentation = mask_utils.frPyObjects(rle, *rle["size"])
+                segmentation["counts"] = segmentation["counts"].decode("utf-8")
+            else:
+                segmentation = rle
+            records.append({
+                "segmentation": segmentation,
+                "area": area_from_rle(rle),
+                "bbox": box_xyxy_to_xywh(masks["boxes"][i]),
+                "predicted_iou": masks["iou_preds"][i].item(),
+                "point_coords": [masks["points"][i].tolist()],
+                "stability_score": masks["stability_score"][i].item(),
+                "crop_box": box_xyxy_to_xywh(masks["crop_boxes"][i]),
+            })
+        return records
+
+    def _generate_masks(self, image: np.ndarray) -> dict:
+        crop_boxes, layers = generate_crop_boxes(image.shape[:2], self.crop_n_layers,
+                                                 self.crop_overlap_ratio)
+        crops = [self._process_crop(image, box, layer) for box, layer in zip(crop_boxes, layers)]
+        masks = _concat(crops)
+        if len(crop_boxes) > 1:
+            # the same object found in several crops: keep the most zoomed-in view
+            keep = nms(masks["boxes"], 1 / box_area(masks["crop_boxes"]), self.crop_nms_thresh)
+            masks = _select(masks, keep)
+        return masks
+
+    def _process_crop(self, image: np.ndarray, crop_box: list, layer: int) -> dict:
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1]
+        self.predictor.set_image(crop)
+        points = self.point_grids[layer] * np.array(crop.shape[1::-1])  # (P, 2) crop pixels
+        batches = [self._process_batch(points[i:i + self.points_per_batch], crop.shape[:2],
+                                       crop_box, image.shape[:2])
+                   for i in range(0, len(points), self.points_per_batch)]
+        self.predictor.reset_image()
+        masks = _concat(batches)
+        masks = _select(masks, nms(masks["boxes"], masks["iou_preds"], self.box_nms_thresh))
+        offset = torch.tensor([x0, y0])
+        masks["boxes"] = masks["boxes"] + offset.repeat(2)
+        masks["points"] = masks["points"] + offset
+        masks["crop_boxes"] = torch.tensor(crop_box).repeat(len(masks["rles"]), 1)
+        return masks
+
+    def _process_batch(self, points: np.ndarray, crop_size, crop_box: list, image_size) -> dict:
+        """points (P, 2) in crop pixels -> the masks of this batch that pass the filters."""
+        coords = torch.as_tensor(self.predictor.transform.apply_coords(points, crop_size),
+                                 dtype=torch.float, device=self.predictor.device)
+        labels = torch.ones(len(points), 1, dtype=torch.int, device=coords.device)
+        logits, iou_preds, _ = self.predictor.predict_torch(
+            coords[:, None], labels, multimask_output=True, return_logits=True)
+        # every point gives 3 masks: (P, 3, h, w) -> (3P, h, w), each row with its point
+        masks = {"logits": logits.flatten(0, 1), "iou_preds": iou_preds.flatten(),
+                 "points": torch.as_tensor(points).repeat_interleave(logits.shape[1], dim=0)}
+        if self.pred_iou_thresh > 0:
+            masks = _select(masks, masks["iou_preds"] > self.pred_iou_thresh)
+        masks["stability_score"] = calculate_stability_score(
+            masks["logits"], self.predictor.model.mask_threshold, self.stability_score_offset)
+        if self.stability_score_thresh > 0:
+            masks = _select(masks, masks["stability_score"] >= self.stability_score_thresh)
+        masks["binary"] = masks.pop("logits") > self.predictor.model.mask_threshold
+        masks["boxes"] = batched_mask_to_box(masks["binary"])
+        h, w = image_size
+        masks = _select(masks, ~is_box_near_crop_edge(masks["boxes"], crop_box, [0, 0, w, h]))
+        x0, y0, x1, y1 = crop_box
+        binary = F.pad(masks.pop("binary"), (x0, w - x1, y0, h - y1))  # back into the image
+        masks["rles"] = mask_to_rle(binary)
+        return masks
+
+    def _remove_small_regions(self, masks: dict) -> dict:
+        """Fill small holes and drop small islands, then NMS again preferring masks that the
+        clean-up left unchanged (a changed mask's box may now overlap another's)."""
+        if not masks["rles"]:
+            return masks
+        cleaned, unchanged = [], []
+        for rle in masks["rles"]:
+            mask, holes_changed = remove_small_regions(rle_to_mask(rle),
+                                                       self.min_mask_region_area, "holes")
+            mask, islands_changed = remove_small_regions(mask, self.min_mask_region_area,
+                                                         "islands")
+            cleaned.append(torch.from_numpy(mask))
+            unchanged.append(float(not (holes_changed or islands_changed)))
+        cleaned = torch.stack(cleaned)
+        boxes = batched_mask_to_box(cleaned)
+        keep = nms(boxes, torch.tensor(unchanged),
+                   max(self.box_nms_thresh, self.crop_nms_thresh))
+        for i in keep.tolist():
+            if not unchanged[i]:
+                masks["rles"][i] = mask_to_rle(cleaned[i:i + 1])[0]
+                masks["boxes"][i] = boxes[i]
+        return _select(masks, keep)
+
+
+def _select(masks: dict, keep: torch.Tensor) -> dict:
+    """Keep the rows `keep` (bool mask or indices) of every field of a batch of masks."""
+    index = keep.nonzero()[:, 0] if keep.dtype == torch.bool else keep
+    return {k: [v[i] for i in index.tolist()] if isinstance(v, list) else v[index]
+            for k, v in masks.items()}
+
+
+def _concat(batches: list) -> dict:
+    return {k: sum((b[k] for b in batches), []) if isinstance(batches[0][k], list)
+            else torch.cat([b[k] for b in batches]) for k in batches[0]}

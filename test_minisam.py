@@ -472,3 +472,82 @@ def test_predictor_close_to_reference_when_resizing():
         assert out[0].shape == ref[0].shape == (3, h, w)
         assert_close(torch.as_tensor(out[2]), torch.as_tensor(ref[2]), rel=2e-3)
         assert (out[0] != ref[0]).mean() < 1e-3
+
+
+# -----------------------------------------------------------------------------
+# Automatic mask generator: the pipeline against the reference's, on a shared stub model
+
+
+class ClickEcho(torch.nn.Module):
+    """A stand-in prompt encoder: the 'sparse prompt' is the click itself, (N, 1, 2)."""
+
+    def forward(self, points, boxes, masks):
+        return points[0].float(), None
+
+    def get_dense_pe(self):
+        return None
+
+
+class DiscDecoder(torch.nn.Module):
+    """A stand-in decoder whose 3 masks are discs of radius 5, 10 and 18 input pixels around
+    the click, roughened by the image embedding so that some masks have holes and islands.
+    Random weights only give blobs the size of the image; this gives many local, overlapping
+    masks, so every stage of the generator (IoU and stability filters, NMS, crop edges,
+    cross-crop NMS, small regions) has work to do. Predicted IoU varies with position."""
+
+    def __init__(self, image_size: int, low_res: int):
+        super().__init__()
+        self.image_size, self.low_res = image_size, low_res
+
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings,
+                dense_prompt_embeddings, multimask_output):
+        xy = sparse_prompt_embeddings[:, 0]  # (N, 2) in input pixels
+        centres = (torch.arange(self.low_res) + 0.5) * self.image_size / self.low_res
+        dist = ((centres[None, None, :] - xy[:, 0, None, None]) ** 2
+                + (centres[None, :, None] - xy[:, 1, None, None]) ** 2).sqrt()  # (N, h, w)
+        texture = F_interpolate(image_embeddings.mean(1, keepdim=True), self.low_res)[:, 0]
+        texture = (texture - texture.mean()) / texture.std()  # moves edges by ~2 pixels
+        radii = torch.tensor([12.0, 5.0, 10.0, 18.0])
+        logits = 10 * (radii[None, :, None, None] - dist[:, None]) + 20 * texture[:, None]
+        iou = 0.8 + 0.15 * torch.cos(xy[:, :1] / 5 + torch.arange(4.0)[None])
+        outputs = slice(1, None) if multimask_output else slice(0, 1)
+        return logits[:, outputs], iou[:, outputs]
+
+
+def disc_sam() -> Sam:
+    model = random_sam(CONFIGS["toy"], seed=7)
+    model.prompt_encoder = ClickEcho()
+    model.mask_decoder = DiscDecoder(64, 64)
+    return model
+
+
+AMG_SETTINGS = {
+    "defaults": {},
+    "crops_and_small_regions": dict(points_per_side=12, crop_n_layers=1,
+                                    min_mask_region_area=12, stability_score_thresh=0.8),
+    "two_crop_layers": dict(points_per_side=16, crop_n_layers=2, crop_n_points_downscale_factor=2,
+                            min_mask_region_area=25, pred_iou_thresh=0.7, box_nms_thresh=0.5),
+}
+
+
+@pytest.mark.parametrize("setting", AMG_SETTINGS)
+def test_automatic_masks_equal_reference(setting, monkeypatch):
+    sa = reference_package()
+    pytest.importorskip("cv2", reason="the reference's small-region removal needs OpenCV")
+    # Crops are resized on the way in; the reference resizes with PIL, we without it. Both
+    # use our resize here, so that this test compares the pipelines and nothing else (the
+    # resampling difference is measured in test_predictor_close_to_reference_when_resizing).
+    monkeypatch.setattr(sa.utils.transforms.ResizeLongestSide, "apply_image",
+                        lambda self, im: minisam.ResizeLongestSide(self.target_length)
+                        .apply_image(im))
+    model = disc_sam()
+    image = toy_photo(90, 120, seed=3)
+    ours = minisam.SamAutomaticMaskGenerator(model, **AMG_SETTINGS[setting]).generate(image)
+    ref = sa.SamAutomaticMaskGenerator(model, **AMG_SETTINGS[setting]).generate(image)
+    assert len(ours) == len(ref) >= 50
+    for a, b in zip(ours, ref):  # in the same order, too
+        assert np.array_equal(a["segmentation"], b["segmentation"])
+        assert (a["area"], a["bbox"], a["crop_box"]) == (b["area"], b["bbox"], b["crop_box"])
+        assert a["point_coords"][0] == pytest.approx(b["point_coords"][0])
+        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-4)
+        assert a["stability_score"] == pytest.approx(b["stability_score"], abs=1e-4)
