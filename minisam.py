@@ -696,8 +696,9 @@ class ResizeLongestSide:
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> Tuple[int, int]:
+        # at least one pixel: a 1x3000 strip must not vanish (the reference fails there)
         scale = long_side_length / max(oldh, oldw)
-        return int(oldh * scale + 0.5), int(oldw * scale + 0.5)
+        return max(1, int(oldh * scale + 0.5)), max(1, int(oldw * scale + 0.5))
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) -> uint8 (h, w, 3). Bilinear with antialiasing when shrinking, which

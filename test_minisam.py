@@ -551,3 +551,141 @@ def test_automatic_masks_equal_reference(setting, monkeypatch):
         assert a["point_coords"][0] == pytest.approx(b["point_coords"][0])
         assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-4)
         assert a["stability_score"] == pytest.approx(b["stability_score"], abs=1e-4)
+
+
+def small_masks(max_side: int = 9):
+    """Random boolean (H, W) grids, sparse to dense."""
+    return st.tuples(st.integers(1, max_side), st.integers(1, max_side), st.floats(0, 1),
+                     st.integers(0, 2**31 - 1)).map(
+        lambda a: np.random.default_rng(a[3]).random((a[0], a[1])) < a[2])
+
+
+@given(st.lists(small_masks(), min_size=1, max_size=4).filter(
+    lambda ms: len({m.shape for m in ms}) == 1))
+def test_rle_round_trip(masks):
+    batch = torch.from_numpy(np.stack(masks))
+    for mask, rle in zip(masks, minisam.mask_to_rle(batch)):
+        assert np.array_equal(minisam.rle_to_mask(rle), mask)
+        assert sum(rle["counts"]) == mask.size and minisam.area_from_rle(rle) == mask.sum()
+        assert all(c > 0 for c in rle["counts"][1:])  # only the leading zeros run may be empty
+        try:
+            from pycocotools import mask as mask_utils
+        except ImportError:
+            continue
+        coco = mask_utils.frPyObjects(rle, *rle["size"])
+        assert np.array_equal(mask_utils.decode(coco).astype(bool), mask)
+
+
+boxes_and_scores = st.integers(1, 12).flatmap(lambda n: st.tuples(
+    st.lists(st.tuples(*[st.integers(0, 30)] * 4), min_size=n, max_size=n),
+    st.lists(st.floats(0, 1), min_size=n, max_size=n, unique=True), st.floats(0.1, 0.9)))
+
+
+@given(boxes_and_scores)
+def test_nms_properties(case):
+    corners, scores, threshold = case
+    boxes = torch.tensor([[min(a, c), min(b, d), max(a, c) + 1, max(b, d) + 1]
+                          for a, b, c, d in corners], dtype=torch.float)
+    scores = torch.tensor(scores)
+    keep = minisam.nms(boxes, scores, threshold)
+    assert len(set(keep.tolist())) == len(keep) <= len(boxes)
+    assert keep[0] == scores.argmax()  # the best box always survives
+    assert (scores[keep][:-1] >= scores[keep][1:]).all()  # best first
+    iou = minisam.box_iou(boxes[keep], boxes[keep]) - torch.eye(len(keep))  # ignore self
+    assert (iou <= threshold).all()
+    again = minisam.nms(boxes[keep], scores[keep], threshold)
+    assert torch.equal(keep[again], keep)  # idempotent
+    # every dropped box overlaps a better kept one
+    dropped = sorted(set(range(len(boxes))) - set(keep.tolist()))
+    for i in dropped:
+        better = keep[scores[keep] > scores[i]]
+        assert (minisam.box_iou(boxes[i:i + 1], boxes[better]) > threshold).any()
+
+
+@given(logit_maps, st.floats(0, 3), st.floats(0, 3))
+def test_stability_score_is_an_iou_that_falls_with_the_offset(logits, offset, extra):
+    score = minisam.calculate_stability_score(logits, 0.0, offset)
+    wider = minisam.calculate_stability_score(logits, 0.0, offset + extra)
+    defined = ~score.isnan() & ~wider.isnan()
+    assert ((score[defined] >= 0) & (score[defined] <= 1)).all()
+    assert (wider[defined] <= score[defined] + 1e-7).all()
+
+
+@given(st.lists(small_masks(12), min_size=1, max_size=3).filter(
+    lambda ms: len({m.shape for m in ms}) == 1))
+def test_mask_box_is_the_tightest_box(masks):
+    boxes = minisam.batched_mask_to_box(torch.from_numpy(np.stack(masks)))
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist()):
+        if not mask.any():
+            assert (x0, y0, x1, y1) == (0, 0, 0, 0)
+            continue
+        ys, xs = np.nonzero(mask)
+        assert (x0, y0, x1, y1) == (xs.min(), ys.min(), xs.max(), ys.max())
+
+
+@given(st.integers(1, 3000), st.integers(1, 3000), st.integers(8, 1024),
+       st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=5))
+def test_coordinate_transform_round_trips(h, w, long_side, unit_points):
+    transform = minisam.ResizeLongestSide(long_side)
+    new_h, new_w = transform.get_preprocess_shape(h, w, long_side)
+    assert max(new_h, new_w) == long_side
+    points = np.array(unit_points) * (w, h)
+    moved = transform.apply_coords(points, (h, w))
+    assert np.allclose(moved / (new_w / w, new_h / h), points)  # exact inverse of the scaling
+    assert (moved >= 0).all() and (moved <= (new_w, new_h)).all()  # in-image stays in-image
+    torch_moved = transform.apply_coords_torch(torch.tensor(points), (h, w))
+    assert np.allclose(torch_moved.numpy(), moved, rtol=1e-6)
+    boxes = np.concatenate([points, points + 1], axis=1)
+    assert np.allclose(transform.apply_boxes(boxes, (h, w)).reshape(-1, 2, 2),
+                       transform.apply_coords(boxes.reshape(-1, 2, 2), (h, w)))
+
+
+def flood_fill_labels(mask: np.ndarray) -> np.ndarray:
+    """Brute force: number 8-connected components by depth-first search in raster order."""
+    labels = np.zeros(mask.shape, dtype=int)
+    for start in zip(*np.nonzero(mask)):
+        if labels[start]:
+            continue
+        labels[start] = 1 + start[0] * mask.shape[1] + start[1]
+        stack = [start]
+        while stack:
+            y, x = stack.pop()
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if (0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx]
+                            and not labels[ny, nx]):
+                        labels[ny, nx] = labels[start]
+                        stack.append((ny, nx))
+    return labels
+
+
+@given(small_masks(10))
+def test_connected_components_equal_a_flood_fill(mask):
+    assert np.array_equal(minisam.connected_components(mask), flood_fill_labels(mask))
+
+
+@given(small_masks(10), st.integers(1, 12), st.sampled_from(["holes", "islands"]))
+def test_remove_small_regions_equals_reference(mask, area, mode):
+    amg = reference_package().utils.amg
+    pytest.importorskip("cv2", reason="the reference's small-region removal needs OpenCV")
+    ours, changed = minisam.remove_small_regions(mask, area, mode)
+    theirs, ref_changed = amg.remove_small_regions(mask, area, mode)
+    assert changed == ref_changed
+    assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("output_mode", ["uncompressed_rle", "coco_rle"])
+def test_rle_output_modes_decode_to_the_binary_masks(output_mode):
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    model, image = disc_sam(), toy_photo(50, 70, seed=4)
+    binary = minisam.SamAutomaticMaskGenerator(model, points_per_side=8).generate(image)
+    encoded = minisam.SamAutomaticMaskGenerator(model, points_per_side=8,
+                                                output_mode=output_mode).generate(image)
+    assert len(binary) == len(encoded) > 0
+    for b, e in zip(binary, encoded):
+        rle = e["segmentation"]
+        if output_mode == "uncompressed_rle":
+            rle = mask_utils.frPyObjects(rle, *rle["size"])
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), b["segmentation"])
+        assert e["area"] == b["segmentation"].sum()
