@@ -689,3 +689,140 @@ def test_rle_output_modes_decode_to_the_binary_masks(output_mode):
             rle = mask_utils.frPyObjects(rle, *rle["size"])
         assert np.array_equal(mask_utils.decode(rle).astype(bool), b["segmentation"])
         assert e["area"] == b["segmentation"].sum()
+
+
+# -----------------------------------------------------------------------------
+# Robustness: every wrong input gets a ValueError/TypeError that names the argument; every
+# valid input gets masks of the image's size.
+
+
+TOY_MODEL = random_sam(CONFIGS["toy"], seed=11)
+
+
+def rejects(call, *names):
+    """`call` must fail with a ValueError/TypeError whose message names one of `names`."""
+    with pytest.raises((ValueError, TypeError)) as err:
+        call()
+    assert any(name in str(err.value) for name in names), str(err.value)
+
+
+any_array = st.tuples(
+    st.lists(st.integers(0, 5), min_size=0, max_size=4),
+    st.sampled_from([np.uint8, np.float32, np.float64, np.int64, bool]),
+    st.sampled_from([0.0, np.nan, np.inf, -3.0, 300.0])).map(
+    lambda a: np.full(a[0], a[2]).astype(a[1]) if a[2] == a[2] and np.isfinite(a[2])
+    or np.dtype(a[1]).kind == "f" else np.zeros(a[0], dtype=a[1]))
+
+
+@given(any_array)
+def test_set_image_accepts_only_uint8_rgb(image):
+    predictor = minisam.SamPredictor(TOY_MODEL)
+    valid = (image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+             and min(image.shape[:2]) >= 1)
+    if valid:
+        predictor.set_image(image)
+        assert predictor.original_size == image.shape[:2]
+    else:
+        rejects(lambda: predictor.set_image(image), "image")
+        assert not predictor.is_image_set
+
+
+def test_set_image_messages_suggest_the_fix():
+    predictor = minisam.SamPredictor(TOY_MODEL)
+    cases = {"np.dstack": np.zeros((8, 8), np.uint8),
+             "astype(np.uint8)": np.zeros((8, 8, 3), np.float32),
+             "img[..., :3]": np.zeros((8, 8, 4), np.uint8),
+             "transpose(1, 2, 0)": np.zeros((3, 8, 8), np.uint8),
+             "np.asarray": [[[0, 0, 0]]],
+             "at least 1x1": np.zeros((0, 5, 3), np.uint8)}
+    for hint, image in cases.items():
+        rejects(lambda: predictor.set_image(image), hint)
+    rejects(lambda: predictor.set_image(np.zeros((4, 4, 3), np.uint8), "RGBA"), "image_format")
+
+
+prompt_values = st.one_of(
+    st.none(), st.just("text"), st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.floats(-5, 80), max_size=5),
+    st.lists(st.lists(st.one_of(st.floats(-5, 80), st.sampled_from([np.nan, np.inf])),
+                      min_size=1, max_size=3), max_size=4))
+
+
+@given(prompt_values, prompt_values, prompt_values, st.booleans())
+def test_predict_rejects_malformed_prompts_with_named_errors(coords, labels, box, as_mask):
+    predictor = minisam.SamPredictor(TOY_MODEL)
+    predictor.set_image(np.zeros((48, 64, 3), np.uint8))
+    kwargs = dict(point_coords=coords, point_labels=labels, box=box)
+    if as_mask:
+        kwargs = dict(mask_input=coords)
+    try:
+        masks, iou, low_res = predictor.predict(**kwargs)
+    except (ValueError, TypeError) as e:
+        assert str(e) and any(name in str(e) for name in
+                              ("point_coords", "point_labels", "box", "mask_input"))
+        return
+    # accepted: then it was a valid prompt, and the answer has the image's size
+    assert masks.shape[1:] == (48, 64) and iou.shape == masks.shape[:1]
+
+
+def test_predict_contract_messages():
+    predictor = minisam.SamPredictor(TOY_MODEL)
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict(point_coords=np.array([[1, 1]]), point_labels=np.array([1]))
+    predictor.set_image(np.zeros((48, 64, 3), np.uint8))
+    one = np.array([[10.0, 10.0]])
+    rejects(lambda: predictor.predict(point_coords=one), "given together")
+    rejects(lambda: predictor.predict(point_coords=one, point_labels=np.array([1, 0])),
+            "2 labels for 1 points")
+    rejects(lambda: predictor.predict(point_coords=one, point_labels=np.array([2])), "0 (background)")
+    rejects(lambda: predictor.predict(point_coords=np.array([[70.0, 10.0]]), point_labels=[1]),
+            "0 <= x <= 64")
+    rejects(lambda: predictor.predict(point_coords=np.array([[np.nan, 1]]), point_labels=[1]),
+            "finite")
+    rejects(lambda: predictor.predict(box=np.array([30, 5, 10, 20])), "x0 <= x1")
+    rejects(lambda: predictor.predict(box=np.array([1, 2, 3])), "box must have shape")
+    rejects(lambda: predictor.predict(mask_input=np.zeros((1, 32, 32))), "(1, 64, 64)")
+
+
+@given(st.integers(1, 700), st.integers(1, 700), st.integers(0, 2**31 - 1),
+       st.integers(1, 3), st.booleans())
+@settings(max_examples=15)
+def test_valid_images_and_prompts_always_give_masks_of_the_image_size(h, w, seed, n, with_box):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    predictor = minisam.SamPredictor(TOY_MODEL)
+    predictor.set_image(image)
+    coords = rng.random((n, 2)) * (w, h)
+    labels = rng.integers(0, 2, n)
+    corners = np.sort(rng.random((2, 2)) * (w, h), axis=0)  # rows: top-left, bottom-right
+    box = corners.reshape(-1) if with_box else None
+    masks, iou, low_res = predictor.predict(point_coords=coords, point_labels=labels, box=box,
+                                            multimask_output=n == 1)
+    assert masks.shape == (3 if n == 1 else 1, h, w) and masks.dtype == bool
+    assert np.isfinite(iou).all() and low_res.shape[1:] == (64, 64)
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    (dict(points_per_side=None), "points_per_side"),
+    (dict(point_grids=[build_grid := minisam.build_point_grid(4)]), "exactly one"),
+    (dict(points_per_side=0), "points_per_side"),
+    (dict(points_per_side=2.5), "points_per_side"),
+    (dict(pred_iou_thresh=1.5), "pred_iou_thresh"),
+    (dict(stability_score_thresh=-0.1), "stability_score_thresh"),
+    (dict(stability_score_offset=float("nan")), "stability_score_offset"),
+    (dict(box_nms_thresh="high"), "box_nms_thresh"),
+    (dict(points_per_batch=0), "points_per_batch"),
+    (dict(crop_n_layers=-1), "crop_n_layers"),
+    (dict(output_mode="png"), "output_mode"),
+    (dict(points_per_side=None, point_grids=[build_grid, build_grid]), "one grid per crop layer"),
+    (dict(points_per_side=None, point_grids=[build_grid * 3]), "[0, 1]"),
+])
+def test_generator_rejects_bad_settings(kwargs, names):
+    rejects(lambda: minisam.SamAutomaticMaskGenerator(TOY_MODEL, **kwargs), names)
+
+
+def test_generator_rejects_bad_images_and_takes_odd_valid_ones():
+    generator = minisam.SamAutomaticMaskGenerator(disc_sam(), points_per_side=4)
+    rejects(lambda: generator.generate(np.zeros((10, 10), np.uint8)), "image")
+    for shape in ((1, 1, 3), (1, 300, 3), (97, 13, 3)):
+        for record in generator.generate(np.full(shape, 128, np.uint8)):
+            assert record["segmentation"].shape == shape[:2]
