@@ -6,7 +6,12 @@ with the reason where it cannot be imported.
 """
 
 import dataclasses
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -826,3 +831,137 @@ def test_generator_rejects_bad_images_and_takes_odd_valid_ones():
     for shape in ((1, 1, 3), (1, 300, 3), (97, 13, 3)):
         for record in generator.generate(np.full(shape, 128, np.uint8)):
             assert record["segmentation"].shape == shape[:2]
+
+
+# -----------------------------------------------------------------------------
+# train_toy.py: the world, the simulated annotator, and the training loop
+
+
+import train_toy  # noqa: E402  (importing must not start training: it is a test in itself)
+
+
+@given(st.integers(0, 10**6), st.sampled_from([32, 64, 96]))
+@settings(max_examples=20)
+def test_world_is_deterministic_and_parts_lie_inside_their_wholes(seed, size):
+    image, masks, parents = train_toy.make_world(seed, size)
+    again, masks_again, _ = train_toy.make_world(seed, size)
+    assert np.array_equal(image, again) and np.array_equal(masks, masks_again)
+    assert image.shape == (size, size, 3) and image.dtype == np.uint8
+    assert masks.dtype == bool and masks.shape[1:] == (size, size) and len(masks) >= 1
+    assert masks.reshape(len(masks), -1).any(1).all()  # no empty target
+    for k, parent in enumerate(parents):
+        if parent >= 0:
+            assert parent != k and not (masks[k] & ~masks[parent]).any()
+    sample_image, sample_masks = train_toy.make_sample(seed, size)
+    assert np.array_equal(sample_image, image) and np.array_equal(sample_masks, masks)
+
+
+def test_world_has_ambiguity_at_three_levels():
+    depths = []
+    for seed in range(50):
+        _, _, parents = train_toy.make_world(seed)
+        for k in range(len(parents)):
+            depth, p = 0, parents[k]
+            while p >= 0:
+                depth, p = depth + 1, parents[p]
+            depths.append(depth)
+    assert {0, 1, 2} <= set(depths)  # wholes, parts and subparts all occur
+
+
+@given(small_masks(12), small_masks(12), st.integers(0, 1000))
+def test_corrective_clicks_follow_the_error(prediction, target, seed):
+    if prediction.shape != target.shape or not target.any():
+        return
+    pred, tgt = torch.from_numpy(prediction)[None], torch.from_numpy(target)[None]
+    points, labels = train_toy.corrective_click(pred, tgt, torch.Generator().manual_seed(seed))
+    x, y = points[0].long().tolist()
+    if (prediction != target).any():
+        assert prediction[y, x] != target[y, x]  # inside the error region
+        assert labels[0] == int(target[y, x])  # false negative -> foreground click
+    else:
+        assert target[y, x] and labels[0] == 1
+
+
+@given(small_masks(12), st.integers(0, 1000))
+def test_first_click_lies_in_the_target_and_box_noise_is_bounded(mask, seed):
+    if not mask.any():
+        return
+    target = torch.from_numpy(mask)[None]
+    generator = torch.Generator().manual_seed(seed)
+    x, y = train_toy.sample_in(target, generator)[0].long().tolist()
+    assert mask[y, x]
+    tight = minisam.batched_mask_to_box(target).float()
+    noisy = train_toy.noisy_box(target, generator, max_noise=1.5)
+    assert (noisy - tight).abs().max() <= 1.5 + 1e-6
+
+
+def test_interior_point_is_farthest_from_the_boundary():
+    mask = torch.zeros(1, 9, 12, dtype=torch.bool)
+    mask[0, 1:8, 1:4] = True  # a thin bar: depth 2 at most
+    mask[0, 1:8, 5:12] = True  # a 7x7 square: its centre (8, 4) is 4 deep
+    assert train_toy.interior_point(mask)[0].tolist() == [8.0, 4.0]
+
+
+def train(out, *flags):
+    train_toy.main(["--out", str(out), "--images-per-step", "2", "--targets-per-image", "3",
+                    "--iters", "3", "--warmup", "2", "--lr", "3e-3", *flags])
+    return torch.load(out / "ckpt.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_evaluation(monkeypatch_module):
+    # a few held-out images keep the end-of-run evaluation and figures fast in tests
+    monkeypatch_module.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 3))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_a_few_steps_lower_the_loss_and_leave_everything_promised(tmp_path, tiny_evaluation):
+    state = train(tmp_path, "--steps", "12", "--save-every", "5")
+    losses = [h["loss"] for h in state["history"]]
+    assert state["step"] == 12 and len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= metrics["box_miou"] <= 1 and len(metrics["miou_by_clicks"]) == 9
+    for figure in ("loss.png", "gallery.png", "miou_vs_clicks.png", "automask.png"):
+        assert (tmp_path / figure).stat().st_size > 0
+    model = build_sam("toy", checkpoint=tmp_path / "ckpt.pt")  # our checkpoint format loads
+    assert torch.equal(model.state_dict()["mask_decoder.iou_token.weight"],
+                       state["model"]["mask_decoder.iou_token.weight"])
+
+
+def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path, tiny_evaluation):
+    """SIGKILL a training process at an arbitrary moment while it checkpoints every step: the
+    checkpoint on disk is always complete (written to a temporary file, then renamed), and
+    resuming from it reproduces the uninterrupted run exactly."""
+    flags = ["--steps", "40", "--save-every", "1", "--images-per-step", "2",
+             "--targets-per-image", "3", "--iters", "3", "--warmup", "2", "--lr", "3e-3"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "train_toy.py", "--out", str(killed), *flags],
+                               cwd=Path(__file__).parent, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "ckpt.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.37)  # a few steps more, mid-write or between writes
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = torch.load(killed / "ckpt.pt", weights_only=True)  # complete, or this raises
+    assert 1 <= state["step"] < 40, "the run should have been killed before it finished"
+    resumed = train(killed, "--steps", "40", "--save-every", "40", "--resume")
+    straight = train(tmp_path / "straight", "--steps", "40", "--save-every", "40")
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+
+
+def test_bad_flags_are_argparse_errors(capsys):
+    for flags in (["--steps", "0"], ["--config", "vit_x"], ["--lr", "-1"], ["--device", "gpu9"],
+                  ["--steps", "ten"]):
+        with pytest.raises(SystemExit) as err:
+            train_toy.parse_args(flags)
+        assert err.value.code == 2
+        assert "error" in capsys.readouterr().err

@@ -1,0 +1,583 @@
+"""
+train_toy.py: train minisam the way the paper trains SAM, on a procedural world of shapes.
+
+    python train_toy.py                       # the toy model, from scratch, a few minutes on CPU
+    python train_toy.py --eval-only           # evaluate out/ckpt.pt again
+    torchrun --nproc_per_node=2 train_toy.py  # data-parallel
+
+Three parts, in the order of the paper's appendix A:
+  1. the toy world: images of objects made of parts and subparts, so that one click is
+     genuinely ambiguous (whole, part or subpart), with every valid mask as a target;
+  2. training as simulated interactive annotation: a first prompt, corrective clicks in the
+     error region, the previous mask fed back, focal + dice + IoU losses;
+  3. evaluation: box and single-click mIoU, mIoU against the number of clicks, and how well
+     the IoU head ranks its own masks; then pictures.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import minisam
+from minisam import CONFIGS, SamConfig, mask_iou, sam_loss
+
+TRAIN_SEEDS = range(0, 10**6)  # training images are drawn from these seeds
+EVAL_SEEDS = range(10**6, 10**6 + 64)  # held-out images, never trained on
+# Automatic-mask thresholds that suit the toy model (the reference's defaults are for ViT-H
+# on photographs, which is far more certain of its masks).
+TOY_AMG_SETTINGS = dict(points_per_side=16, pred_iou_thresh=0.8, stability_score_thresh=0.85,
+                        min_mask_region_area=8)
+
+# -----------------------------------------------------------------------------
+# 1. The toy world
+# SAM's central difficulty is ambiguity: a click on a shirt may mean the shirt or the person.
+# Here a click on a house's window may mean the window, the walls or the house; on a target
+# board, any of three nested rings. Every level is a valid target, and `parents` records
+# which mask lies inside which. Objects occlude each other (masks are what is visible),
+# touch the border, and sit on a noisy, textured background.
+
+
+def _ellipse(yy, xx, cy, cx, ry, rx, angle=0.0):
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c
+    return (u / rx) ** 2 + (v / ry) ** 2 <= 1
+
+
+def _polygon(yy, xx, corners):
+    """Inside a convex polygon: on the same side of every edge, whichever way it winds."""
+    sides = np.stack([(x1 - x0) * (yy - y0) - (y1 - y0) * (xx - x0) for (x0, y0), (x1, y1)
+                      in zip(corners, np.roll(corners, -1, axis=0))])
+    return (sides >= 0).all(0) | (sides <= 0).all(0)
+
+
+def _rectangle(yy, xx, y0, x0, y1, x1):
+    return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
+
+
+def _object(rng, yy, xx, size):
+    """One object as a list of (mask, parent index within the object or -1)."""
+    S = yy.shape[0]
+    cy, cx = rng.uniform(0, 1, size=2) * S  # may hang over the border
+    kind = rng.choice(["house", "target", "snowman", "ellipse", "rectangle", "triangle",
+                       "polygon"])
+    if kind == "house":
+        w, h = size, size * rng.uniform(0.6, 0.9)
+        walls = _rectangle(yy, xx, cy, cx - w / 2, cy + h, cx + w / 2)
+        roof_h = size * rng.uniform(0.35, 0.6)
+        roof = _polygon(yy, xx, np.array([[cx - 0.6 * w, cy], [cx + 0.6 * w, cy],
+                                          [cx, cy - roof_h]]))
+        ww = w * rng.uniform(0.3, 0.4)
+        wx, wy = cx + rng.uniform(-0.25, 0.25) * w - ww / 2, cy + h * rng.uniform(0.2, 0.4)
+        window = _rectangle(yy, xx, wy, wx, wy + ww, wx + ww)
+        return [(walls | roof, -1), (walls, 0), (roof, 0), (window, 1)]
+    if kind == "target":
+        r = size * 0.6
+        return [(_ellipse(yy, xx, cy, cx, r, r), -1), (_ellipse(yy, xx, cy, cx, 0.65 * r, 0.65 * r), 0),
+                (_ellipse(yy, xx, cy, cx, 0.32 * r, 0.32 * r), 1)]
+    if kind == "snowman":
+        rb, rh = size * 0.45, size * rng.uniform(0.28, 0.35)
+        body = _ellipse(yy, xx, cy, cx, rb, rb)
+        head = _ellipse(yy, xx, cy - rb - 0.8 * rh, cx, rh, rh)
+        rbutton = max(1.6, 0.16 * rb)
+        buttons = [(_ellipse(yy, xx, cy + dy * rb, cx, rbutton, rbutton), 1) for dy in (-0.4, 0.25)]
+        return [(body | head, -1), (body, 0), (head, 0)] + buttons
+    if kind == "ellipse":
+        return [(_ellipse(yy, xx, cy, cx, size / 2, size * rng.uniform(0.25, 0.6),
+                          rng.uniform(0, math.pi)), -1)]
+    if kind == "rectangle":
+        h = size * rng.uniform(0.4, 1.0)
+        return [(_rectangle(yy, xx, cy - h / 2, cx - size / 2, cy + h / 2, cx + size / 2), -1)]
+    n = 3 if kind == "triangle" else int(rng.integers(5, 8))
+    # corners spread around the centre, so the shape is convex and contains it
+    angles = rng.uniform(0, 2 * math.pi) + (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * 2 * math.pi / n
+    radii = size * rng.uniform(0.35, 0.6, n)
+    corners = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
+    return [(_polygon(yy, xx, corners), -1)]
+
+
+def _contrasting(rng, against):
+    """A random colour far (in RGB) from every colour in `against`."""
+    while True:
+        colour = rng.integers(0, 256, 3)
+        if all(np.abs(colour - a).sum() > 150 for a in against):
+            return colour
+
+
+def make_world(seed: int, image_size: int = None):
+    """The image, every valid mask, and the containment: returns (image uint8 (H, W, 3),
+    masks bool (K, H, W), parents int (K,)), parents[k] = index of the smallest mask that
+    contains mask k, or -1 for a whole object."""
+    S = image_size or CONFIGS["toy"].image_size
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:S, 0:S] + 0.5
+    # background: a colour, a smooth random texture and pixel noise
+    background = rng.integers(0, 256, 3)
+    texture = F.interpolate(torch.from_numpy(rng.normal(0, 30, (1, 3, 4, 4))), (S, S),
+                            mode="bicubic", align_corners=False)[0].permute(1, 2, 0).numpy()
+    image = background + texture
+    masks, parents, colours = [], [], []
+    for _ in range(rng.integers(2, 5)):
+        parts = _object(rng, yy, xx, size=S * rng.uniform(0.25, 0.55))
+        offset = len(masks)
+        for mask, parent in parts:  # the whole first, then its parts over it
+            image[mask] = colour = _contrasting(rng, [background] + colours[offset:])
+            masks.append(mask)
+            parents.append(offset + parent if parent >= 0 else -1)
+            colours.append(colour)
+        # what this object covers is no longer visible in the objects behind it
+        for k in range(offset):
+            masks[k] = masks[k] & ~parts[0][0]
+    image = image + rng.normal(0, 6, image.shape)
+    masks, parents = np.array(masks), np.array(parents)
+    # drop what occlusion and the border left too small to be a target; a part is never
+    # larger than its whole, so a kept part always keeps its parent
+    keep = masks.sum((1, 2)) >= max(12, S * S // 400)
+    new_index = np.cumsum(keep) - 1
+    parents = np.where(parents[keep] >= 0, new_index[parents[keep]], -1)
+    return np.clip(image, 0, 255).astype(np.uint8), masks[keep], parents
+
+
+def make_sample(seed: int, image_size: int = None):
+    """(image uint8 (H, W, 3), masks bool (K, H, W)): one toy image and all its valid targets."""
+    image, masks, _ = make_world(seed, image_size)
+    return image, masks
+
+
+# -----------------------------------------------------------------------------
+# 2. Training as simulated interactive annotation (appendix A, "Training algorithm")
+# For every target mask, the model is prompted like an annotator would: a first foreground
+# click or a (noisy) box, then clicks where the prediction is wrong, each time with the
+# previous prediction fed back as a mask prompt. The image embedding is computed once and
+# shared by all iterations and all targets. All targets of all images go through one
+# decoder call per iteration (the decoder takes one embedding per prompt row).
+
+
+def sample_in(region: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One pixel chosen uniformly inside each (N, H, W) bool region -> (N, 2) as (x, y).
+    An empty region gives an arbitrary pixel (callers only use that when they must)."""
+    scores = torch.rand(region.shape, generator=generator) * region  # 0 outside the region
+    flat = scores.flatten(1).argmax(1)
+    w = region.shape[-1]
+    return torch.stack([flat % w, flat // w], dim=1).float()
+
+
+def noisy_box(masks: torch.Tensor, generator: torch.Generator, max_noise: float) -> torch.Tensor:
+    """The tight box of each (N, H, W) mask with noise on every coordinate: std 10% of the
+    box side, at most max_noise pixels (the paper: 20 px at 1024)."""
+    box = minisam.batched_mask_to_box(masks).float()  # (N, 4) x0 y0 x1 y1
+    side = (box[:, 2:] - box[:, :2] + 1).repeat(1, 2)
+    noise = torch.randn(box.shape, generator=generator) * 0.1 * side
+    return box + noise.clamp(-max_noise, max_noise)
+
+
+def corrective_click(prediction: torch.Tensor, target: torch.Tensor, generator: torch.Generator):
+    """The next click of a simulated annotator: uniform in the error region, foreground where
+    the model missed the target (false negative), background where it spilled over (false
+    positive). Returns (N, 2) points and (N,) labels."""
+    false_negative, false_positive = target & ~prediction, prediction & ~target
+    error = false_negative | false_positive
+    # a perfect prediction still gets a click, a harmless one inside the target
+    region = torch.where(error.flatten(1).any(1)[:, None, None], error, target)
+    points = sample_in(region, generator)
+    rows = torch.arange(len(points))
+    label = false_negative[rows, points[:, 1].long(), points[:, 0].long()] | ~error.flatten(1).any(1)
+    return points, label.long()
+
+
+class InteractiveTraining(torch.nn.Module):
+    """One training step's forward pass: SAM's simulated annotation on a batch of images and
+    targets, returning the loss. A module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: minisam.Sam, iterations: int):
+        super().__init__()
+        self.model, self.iterations = model, iterations
+
+    def _decode(self, embeddings, points, labels, boxes, mask_prompt, multimask):
+        model = self.model
+        sparse, dense = model.prompt_encoder(points=(points, labels), boxes=boxes, masks=mask_prompt)
+        return model.mask_decoder(image_embeddings=embeddings,
+                                  image_pe=model.prompt_encoder.get_dense_pe(),
+                                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                  multimask_output=multimask)
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, image_index: torch.Tensor,
+                generator: torch.Generator):
+        """images (B, 3, S, S) 0..255; targets (N, S, S) bool; image_index (N,) which image
+        each target is in. Returns (loss, parts averaged over iterations)."""
+        model, S = self.model, images.shape[-1]
+        embeddings = model.image_encoder(model.preprocess(images))[image_index]  # (N, C, g, g)
+        low = model.prompt_encoder.mask_input_size[0]
+        scale = S / low  # input pixels per low-res pixel
+        # the loss is taken at the decoder's own resolution: no upsampling in the loop
+        low_targets = F.interpolate(targets[:, None].float(), (low, low), mode="area")[:, 0] > 0.5
+        N = len(targets)
+        use_box = torch.rand(N, generator=generator) < 0.5
+        # positions of the two iterations without a new click: one random, one at the end
+        no_click = {self.iterations - 1, int(torch.randint(1, max(2, self.iterations - 1), (1,),
+                                                           generator=generator))}
+        points = (sample_in(low_targets, generator) + 0.5) * scale - 0.5  # (N, 2) input pixels
+        points, labels = points[:, None], torch.ones(N, 1, dtype=torch.long)
+        boxes = noisy_box(targets, generator, max_noise=20 * S / 1024)
+        mask_prompt = None
+        total, logs = 0.0, []
+        for it in range(self.iterations):
+            if it > 0 and it not in no_click:
+                click, label = corrective_click(prediction, low_targets, generator)
+                points = torch.cat([points, ((click + 0.5) * scale - 0.5)[:, None]], dim=1)
+                labels = torch.cat([labels, label[:, None]], dim=1)
+            logits = torch.zeros(N, 1, low, low)
+            iou_pred = torch.zeros(N, 1)
+            outputs = []
+            # rows prompted with a box and rows prompted with clicks only take separate calls:
+            # their token counts differ
+            for rows in (use_box.nonzero()[:, 0], (~use_box).nonzero()[:, 0]):
+                if len(rows) == 0:
+                    continue
+                box_rows = bool(use_box[rows[0]])
+                # box rows never had the first click: their clicks start at column 1
+                first = 1 if box_rows else 0
+                multimask = it == 0 and not box_rows  # one click is ambiguous
+                out = self._decode(embeddings[rows], points[rows, first:], labels[rows, first:],
+                                   boxes[rows] if box_rows else None,
+                                   None if mask_prompt is None else mask_prompt[rows], multimask)
+                loss, parts = sam_loss(out[0], out[1], low_targets[rows])
+                total = total + loss * len(rows) / N
+                logs.append((parts, len(rows)))
+                # carry forward the output the IoU head likes best, as at inference
+                best = out[1].argmax(1)
+                outputs.append((rows, out[0][torch.arange(len(rows)), best], out[1].amax(1)))
+            for rows, best_logits, best_iou in outputs:
+                logits = logits.index_put((rows,), best_logits[:, None].detach())
+                iou_pred = iou_pred.index_put((rows,), best_iou[:, None].detach())
+            mask_prompt, prediction = logits, logits[:, 0] > 0
+        parts = {k: sum(p[k].item() * n for p, n in logs) / (N * self.iterations)
+                 for k in ("focal", "dice", "iou_mse")}
+        return total / self.iterations, parts
+
+
+def training_batch(step: int, seed: int, rank: int, images_per_step: int,
+                   targets_per_image: int, image_size: int):
+    """The images and targets of one step, a pure function of (seed, step, rank): a resumed
+    run draws exactly what the uninterrupted run drew, and each rank draws its own."""
+    generator = torch.Generator().manual_seed(hash((seed, step, rank)) % 2**62)
+    image_seeds = torch.randint(len(TRAIN_SEEDS), (images_per_step,), generator=generator)
+    images, targets, index = [], [], []
+    for i, image_seed in enumerate(image_seeds.tolist()):
+        image, masks = make_sample(TRAIN_SEEDS[image_seed], image_size)
+        chosen = torch.randint(len(masks), (targets_per_image,), generator=generator)
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float())
+        targets.append(torch.from_numpy(masks)[chosen])
+        index += [i] * targets_per_image
+    return torch.stack(images), torch.cat(targets), torch.tensor(index), generator
+
+
+def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warmup, then step decay x0.1 at the paper's 2/3 and 26/27 of training."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.1 ** ((step >= total * 2 / 3) + (step >= total * 26 / 27))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write to a temporary file beside the target, then rename: a run killed at any instant
+    leaves either the old complete checkpoint or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+# -----------------------------------------------------------------------------
+# 3. Evaluation (section 7.1 conventions)
+# Single-click: the click at the point farthest from the mask boundary; "oracle" scores the
+# best of the 3 masks, otherwise the IoU head chooses. Interactive: each next click at the
+# interior of the largest error region, the previous logits fed back.
+
+
+def interior_point(masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> (N, 2) (x, y) of the pixel farthest (chessboard distance) from the
+    mask's boundary, found by eroding until nothing is left."""
+    depth = torch.zeros(masks.shape)
+    current = masks.float()[:, None]
+    while current.any():
+        depth += current[:, 0]
+        current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), 3, stride=1)  # 3x3 erosion
+    flat = depth.flatten(1).argmax(1)
+    return torch.stack([flat % masks.shape[-1], flat // masks.shape[-1]], dim=1).float()
+
+
+def largest_error_click(prediction: torch.Tensor, target: torch.Tensor):
+    """The evaluation's next click: the interior of the largest connected error region."""
+    false_negative = target & ~prediction
+    regions = []
+    for error in (prediction ^ target).numpy():
+        labels = minisam.connected_components(error)
+        ids, sizes = np.unique(labels[labels > 0], return_counts=True)
+        regions.append(labels == ids[sizes.argmax()] if len(ids) else error)
+    regions = torch.from_numpy(np.stack(regions))
+    points = interior_point(regions)
+    rows = torch.arange(len(points))
+    label = false_negative[rows, points[:, 1].long(), points[:, 0].long()]
+    return points, label.long()
+
+
+@torch.no_grad()
+def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
+    """Held-out metrics on `seeds` (default EVAL_SEEDS). Images are at the model's input
+    size, so no resizing is involved."""
+    seeds = EVAL_SEEDS if seeds is None else seeds
+    model.eval()
+    S = model.config.image_size
+    images, targets, index = [], [], []
+    for i, seed in enumerate(seeds):
+        image, masks = make_sample(seed, S)
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float())
+        targets.append(torch.from_numpy(masks))
+        index += [i] * len(masks)
+    targets, index = torch.cat(targets), torch.tensor(index)
+    embeddings = model.image_encoder(model.preprocess(torch.stack(images)))[index]
+    pe = model.prompt_encoder.get_dense_pe()
+
+    def decode(points=None, labels=None, boxes=None, mask_prompt=None, multimask=False):
+        sparse, dense = model.prompt_encoder(
+            points=None if points is None else (points, labels), boxes=boxes, masks=mask_prompt)
+        low_res, iou = model.mask_decoder(embeddings, pe, sparse, dense, multimask)
+        masks = model.postprocess_masks(low_res, (S, S), (S, S)) > model.mask_threshold
+        return masks, iou, low_res
+
+    box = minisam.batched_mask_to_box(targets).float()
+    masks, _, _ = decode(boxes=box)
+    box_miou = mask_iou(masks[:, 0], targets).mean().item()
+
+    click = interior_point(targets)
+    points, labels = click[:, None], torch.ones(len(targets), 1, dtype=torch.long)
+    masks, iou_pred, low_res = decode(points, labels, multimask=True)
+    actual = mask_iou(masks, targets[:, None])  # (N, 3)
+    chosen = iou_pred.argmax(1)
+    rows = torch.arange(len(targets))
+    pearson = np.corrcoef(iou_pred.flatten().numpy(), actual.flatten().numpy())[0, 1]
+
+    # interactive: the first click's chosen mask, then corrective clicks with the mask fed back
+    prediction, mask_prompt = masks[rows, chosen], low_res[rows, chosen][:, None]
+    by_clicks = [actual[rows, chosen].mean().item()]
+    for _ in range(max_clicks - 1):
+        click, label = largest_error_click(prediction, targets)
+        points = torch.cat([points, click[:, None]], dim=1)
+        labels = torch.cat([labels, label[:, None]], dim=1)
+        masks, _, mask_prompt = decode(points, labels, mask_prompt=mask_prompt)
+        prediction = masks[:, 0]
+        by_clicks.append(mask_iou(prediction, targets).mean().item())
+    return {"targets": len(targets), "box_miou": box_miou,
+            "one_click_oracle_miou": actual.amax(1).mean().item(),
+            "one_click_miou": by_clicks[0], "miou_by_clicks": by_clicks,
+            "iou_head_pearson_r": float(pearson)}
+
+
+# -----------------------------------------------------------------------------
+# Pictures
+
+
+def make_figures(model: minisam.Sam, metrics: dict, history: list, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    for key in ("loss", "focal", "dice", "iou_mse"):
+        values = [h[key] * (20 if key == "focal" else 1) for h in history]
+        ax.plot(steps, values, label="20 x focal" if key == "focal" else key)
+    ax.set(xlabel="step", ylabel="training loss", yscale="log", title="Loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    clicks = range(1, len(metrics["miou_by_clicks"]) + 1)
+    ax.plot(clicks, metrics["miou_by_clicks"], marker="o")
+    ax.set(xlabel="clicks", ylabel="held-out mIoU", ylim=(0, 1), title="mIoU vs clicks")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "miou_vs_clicks.png", dpi=120)
+    plt.close(fig)
+
+    predictor = minisam.SamPredictor(model)
+    fig, axes = plt.subplots(4, 5, figsize=(12, 10))
+    for row, seed in zip(axes, list(EVAL_SEEDS)[:4]):
+        image, masks = make_sample(seed, model.config.image_size)
+        predictor.set_image(image)
+        target = masks[len(masks) // 2]
+        x, y = interior_point(torch.from_numpy(target)[None])[0].tolist()
+        masks3, ious, _ = predictor.predict(np.array([[x, y]]), np.array([1]))
+        box = minisam.batched_mask_to_box(torch.from_numpy(target)).tolist()
+        box_mask, box_iou_pred, _ = predictor.predict(box=np.array(box), multimask_output=False)
+        row[0].imshow(image)
+        row[0].plot([x], [y], "o", color="lime", markeredgecolor="k")
+        row[0].set_title("click")
+        for ax, mask, iou in zip(row[1:4], masks3, ious):
+            ax.imshow(image)
+            ax.imshow(np.ma.masked_where(~mask, mask), alpha=0.55, cmap="autumn")
+            ax.plot([x], [y], "o", color="lime", markeredgecolor="k")
+            ax.set_title(f"predicted IoU {iou:.2f}")
+        row[4].imshow(image)
+        row[4].imshow(np.ma.masked_where(~box_mask[0], box_mask[0]), alpha=0.55, cmap="winter")
+        x0, y0, x1, y1 = box
+        row[4].add_patch(matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
+                                                      color="lime"))
+        row[4].set_title(f"box, IoU {box_iou_pred[0]:.2f}")
+        for ax in row:
+            ax.axis("off")
+    fig.suptitle("held-out images: one click -> three masks (whole / part / subpart); a box")
+    fig.tight_layout()
+    fig.savefig(out / "gallery.png", dpi=100)
+    plt.close(fig)
+
+    image, _ = make_sample(EVAL_SEEDS[0], model.config.image_size)
+    records = minisam.SamAutomaticMaskGenerator(model, **TOY_AMG_SETTINGS).generate(image)
+    overlay = np.zeros((*image.shape[:2], 3))
+    rng = np.random.default_rng(0)
+    for record in sorted(records, key=lambda r: -r["area"]):
+        overlay[record["segmentation"]] = rng.random(3)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    axes[0].imshow(image)
+    axes[1].imshow(image)
+    axes[1].imshow(overlay, alpha=0.6)
+    axes[1].set_title(f"automatic masks: {len(records)}")
+    for ax in axes:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "automask.png", dpi=100)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# The command
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train minisam on the toy-shapes world.")
+    p.add_argument("--steps", type=int, default=1200, help="total optimisation steps")
+    p.add_argument("--out", type=Path, default=Path("out"))
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt to --steps")
+    p.add_argument("--save-every", type=int, default=200, metavar="N")
+    p.add_argument("--config", choices=sorted(CONFIGS), default="toy")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-only", action="store_true", help="evaluate OUT/ckpt.pt and draw")
+    p.add_argument("--iters", type=int, default=11,
+                   help="decoder passes per target (the paper: 11 = 1 + 8 clicks + 2 without)")
+    p.add_argument("--images-per-step", type=int, default=8)
+    p.add_argument("--targets-per-image", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    args = p.parse_args(argv)
+    for name in ("steps", "save_every", "iters", "images_per_step", "targets_per_image",
+                 "warmup"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.lr > 0:
+        p.error(f"--lr must be > 0, got {args.lr}")
+    if args.device != "auto":
+        try:
+            torch.device(args.device)
+        except RuntimeError as e:
+            p.error(f"--device: {e}")
+    return args
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(args.device)
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(args.seed)  # the initial weights
+    config: SamConfig = CONFIGS[args.config]
+    model = minisam.Sam(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
+                                  weight_decay=0.1)
+    ckpt_path = args.out / "ckpt.pt"
+    step, history = 0, []
+    if args.resume or args.eval_only:
+        if not ckpt_path.exists():
+            raise SystemExit(f"no checkpoint at {ckpt_path} to {'resume' if args.resume else 'evaluate'}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model = minisam.build_sam(config, checkpoint=ckpt_path)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
+                                      weight_decay=0.1)
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+    model.to(device)
+    trainer = InteractiveTraining(model, args.iters)
+    if world > 1:
+        trainer = torch.nn.parallel.DistributedDataParallel(trainer, find_unused_parameters=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint():
+        if rank == 0:
+            save_checkpoint(ckpt_path, {"model": model.state_dict(), "config": dataclasses.asdict(config),
+                                        "step": step, "optimizer": optimizer.state_dict(),
+                                        "seed": args.seed, "history": history})
+
+    start, last_print = time.time(), 0.0
+    first_step = step
+    model.train()
+    while step < args.steps and not args.eval_only:
+        images, targets, index, generator = training_batch(
+            step, args.seed, rank, args.images_per_step, args.targets_per_image, config.image_size)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
+        loss, parts = trainer(images.to(device), targets.to(device), index.to(device), generator)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"step {step}: the loss is {loss.item()}; stopping. The last good "
+                             f"checkpoint is {ckpt_path}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        history.append({"step": step, "loss": loss.item(), **parts,
+                        "minutes": (time.time() - start) / 60})
+        if step % args.save_every == 0 or step == args.steps:
+            checkpoint()
+        if rank == 0 and (time.time() - last_print > 10 or step == args.steps):
+            last_print = time.time()
+            rate = (step - first_step) / (last_print - start)
+            print(f"step {step}/{args.steps}  loss {loss.item():.4f}  (20 x focal "
+                  f"{20 * parts['focal']:.4f}, dice {parts['dice']:.4f}, iou mse "
+                  f"{parts['iou_mse']:.4f})  {rate * args.images_per_step * world:.1f} img/s  "
+                  f"eta {(args.steps - step) / rate / 60:.1f} min", flush=True)
+    if rank == 0:
+        metrics = evaluate(model)
+        metrics["train_minutes"] = (time.time() - start) / 60
+        metrics["steps"] = step
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"\nheld-out evaluation ({metrics['targets']} targets on {len(EVAL_SEEDS)} images)")
+        for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r"):
+            print(f"  {key:<24} {metrics[key]:.3f}")
+        print("  mIoU after 1..9 clicks  " + " ".join(f"{v:.3f}" for v in metrics["miou_by_clicks"]))
+        make_figures(model, metrics, history, args.out)
+        print(f"wrote {ckpt_path}, {args.out / 'metrics.json'} and figures in {args.out}/")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
