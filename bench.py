@@ -11,15 +11,17 @@ repeats after a warm-up. Without the reference installed the ratio column stays 
 """
 
 import argparse
-import dataclasses
 import platform
+import resource
 import statistics
 import time
 
+import numpy as np
 import torch
 
-from minisam import CONFIGS
-from test_minisam import random_sam, reference_sam
+from minisam import CONFIGS, Sam, SamAutomaticMaskGenerator, SamPredictor
+from test_minisam import random_sam, reference_package, reference_sam
+from train_toy import EVAL_SEEDS, InteractiveTraining, make_sample, training_batch
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 1) -> dict:
@@ -85,6 +87,31 @@ def main():
     row("matmul 2048^3 fp32", peak32, unit="GFLOP/s")
     row("matmul 2048^3 bf16", peak16, unit="GFLOP/s")
 
+    # toy training throughput: the default step (8 images x 8 targets x 11 decoder passes)
+    model = Sam(CONFIGS["toy"])
+    trainer = InteractiveTraining(model, iterations=11)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    steps = 3 if args.quick else 10
+
+    def train_step(step=[0]):
+        images, targets, index, generator = training_batch(step[0], 0, 0, 8, 8, 64)
+        loss, _ = trainer(images, targets, index, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step[0] += 1
+
+    t = median_times({"step": train_step}, steps)["step"]
+    row("toy training, images/s (8 x 8 targets x 11 passes)", 8 / t, unit="images/s")
+    row("toy training, decoder passes/s", 8 * 8 * 11 / t, unit="passes/s")
+    # measured first, so that the process's peak memory is the training's
+    row("toy training, peak resident memory", resource.getrusage(resource.RUSAGE_SELF)
+        .ru_maxrss / 2**20, unit="GiB")
+
+
+
+if __name__ == "__main__":
+    main()
     # ViT-B image encoder at 1024x1024, fp32 and bf16
     cfg = CONFIGS["vit_b"]
     ours = random_sam(cfg)
@@ -131,6 +158,34 @@ def main():
     t = median_times(fns, 10 if args.quick else 30, warmup=3)
     row("one click, prompt encoder + decoder (ViT-B)", t["ours"], t.get("ref"))
 
+    # SamPredictor.predict per click after set_image (the annotation tool's loop)
+    image = (torch.rand(1024, 768, 3) * 255).to(torch.uint8).numpy()
+    for name, model, ref_model in (("ViT-B", ours, theirs),
+                                   ("toy", random_sam(CONFIGS["toy"]), None)):
+        predictors = {"ours": SamPredictor(model)}
+        if name == "toy" and theirs is not None:
+            ref_model = reference_sam(CONFIGS["toy"])
+            ref_model.load_state_dict(model.state_dict())
+        if ref_model is not None:
+            predictors["ref"] = reference_package().SamPredictor(ref_model)
+        for predictor in predictors.values():
+            predictor.set_image(image)
+        fns = {k: (lambda p=p: p.predict(point_coords=np.array([[400, 300]]),
+                                         point_labels=np.array([1])))
+               for k, p in predictors.items()}
+        t = median_times(fns, 10 if args.quick else 30, warmup=3)
+        row(f"SamPredictor.predict per click ({name}, 1024x768 image)", t["ours"], t.get("ref"))
 
-if __name__ == "__main__":
-    main()
+    # automatic masks on a toy image with the toy model and a 32x32 grid
+    toy_image, _ = make_sample(EVAL_SEEDS[0])
+    toy = random_sam(CONFIGS["toy"])
+    fns = {"ours": lambda: SamAutomaticMaskGenerator(toy, pred_iou_thresh=0,
+                                                     stability_score_thresh=0).generate(toy_image)}
+    if theirs is not None:
+        toy_ref = reference_sam(CONFIGS["toy"])
+        toy_ref.load_state_dict(toy.state_dict())
+        fns["ref"] = lambda: reference_package().SamAutomaticMaskGenerator(
+            toy_ref, pred_iou_thresh=0, stability_score_thresh=0).generate(toy_image)
+    t = median_times(fns, 1 if args.quick else 3)
+    row("automatic masks, toy model, 32x32 grid", t["ours"], t.get("ref"))
+

@@ -1066,9 +1066,9 @@ def box_xyxy_to_xywh(box) -> list:
 class SamAutomaticMaskGenerator:
     """Segment everything in an image: the data engine's fully automatic stage.
 
-    The defaults are the reference's, tuned for ViT-H on real photographs. The small toy
-    model trained by train_toy.py is less sure of itself: see TOY_AMG_SETTINGS in
-    train_toy.py for thresholds that suit it."""
+    The defaults are the reference's, tuned for ViT-H on real photographs. A small model
+    trained on the toy world is less sure of itself and needs lower thresholds:
+    train_toy.TOY_AMG_SETTINGS holds the ones its figures use."""
 
     def __init__(self, model: Sam, points_per_side: Optional[int] = 32, points_per_batch: int = 64,
                  pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,

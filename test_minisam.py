@@ -8,6 +8,7 @@ with the reason where it cannot be imported.
 import dataclasses
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -806,6 +807,16 @@ def test_valid_images_and_prompts_always_give_masks_of_the_image_size(h, w, seed
     assert np.isfinite(iou).all() and low_res.shape[1:] == (64, 64)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 3000), (3000, 2), (2000, 1500)])
+def test_extreme_image_sizes_work(shape):
+    predictor = minisam.SamPredictor(TOY_MODEL)
+    predictor.set_image(np.full((*shape, 3), 200, np.uint8))
+    h, w = shape
+    masks, _, _ = predictor.predict(point_coords=np.array([[w / 2, h / 2]]), point_labels=[1],
+                                    box=np.array([0, 0, w, h]))
+    assert masks.shape == (3, h, w)
+
+
 @pytest.mark.parametrize("kwargs, names", [
     (dict(points_per_side=None), "points_per_side"),
     (dict(point_grids=[build_grid := minisam.build_point_grid(4)]), "exactly one"),
@@ -956,6 +967,34 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_batch = train_toy.training_batch
+
+    def batch_that_breaks(step, *args):  # the 5th step's images are NaN
+        images, targets, index, generator = real_batch(step, *args)
+        return images * (float("nan") if step == 4 else 1.0), targets, index, generator
+
+    monkeypatch.setattr(train_toy, "training_batch", batch_that_breaks)
+    with pytest.raises(SystemExit, match="step 5: the loss is nan.*last good checkpoint"):
+        train(tmp_path, "--steps", "10", "--save-every", "2")
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 4
+
+
+def test_data_parallel_run_on_two_cpu_processes(tmp_path):
+    """torchrun with 2 processes: DistributedDataParallel over gloo, rank 0 alone writes."""
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "train_toy.py", "--out", str(out), "--steps", "3", "--images-per-step", "1",
+         "--targets-per-image", "2", "--iters", "2", "--warmup", "1", "--device", "cpu"],
+        cwd=Path(__file__).parent, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("held-out evaluation") == 1  # only rank 0 evaluates and writes
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 3
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".png") == ["ckpt.pt", "metrics.json"]
 
 
 def test_bad_flags_are_argparse_errors(capsys):

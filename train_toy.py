@@ -3,7 +3,7 @@ train_toy.py: train minisam the way the paper trains SAM, on a procedural world 
 
     python train_toy.py                       # the toy model, from scratch, a few minutes on CPU
     python train_toy.py --eval-only           # evaluate out/ckpt.pt again
-    torchrun --nproc_per_node=2 train_toy.py  # data-parallel
+    torchrun --standalone --nproc_per_node=2 train_toy.py  # data-parallel
 
 Three parts, in the order of the paper's appendix A:
   1. the toy world: images of objects made of parts and subparts, so that one click is
@@ -464,7 +464,7 @@ def make_figures(model: minisam.Sam, metrics: dict, history: list, out: Path) ->
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train minisam on the toy-shapes world.")
-    p.add_argument("--steps", type=int, default=1200, help="total optimisation steps")
+    p.add_argument("--steps", type=int, default=450, help="total optimisation steps")
     p.add_argument("--out", type=Path, default=Path("out"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt to --steps")
     p.add_argument("--save-every", type=int, default=200, metavar="N")
@@ -547,8 +547,8 @@ def main(argv=None):
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         loss, parts = trainer(images.to(device), targets.to(device), index.to(device), generator)
         if not torch.isfinite(loss):
-            raise SystemExit(f"step {step}: the loss is {loss.item()}; stopping. The last good "
-                             f"checkpoint is {ckpt_path}")
+            raise SystemExit(f"step {step + 1}: the loss is {loss.item()}; stopping. The last "
+                             f"good checkpoint is {ckpt_path}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
