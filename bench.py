@@ -108,10 +108,6 @@ def main():
     row("toy training, peak resident memory", resource.getrusage(resource.RUSAGE_SELF)
         .ru_maxrss / 2**20, unit="GiB")
 
-
-
-if __name__ == "__main__":
-    main()
     # ViT-B image encoder at 1024x1024, fp32 and bf16
     cfg = CONFIGS["vit_b"]
     ours = random_sam(cfg)
@@ -189,3 +185,6 @@ if __name__ == "__main__":
     t = median_times(fns, 1 if args.quick else 3)
     row("automatic masks, toy model, 32x32 grid", t["ours"], t.get("ref"))
 
+
+if __name__ == "__main__":
+    main()
