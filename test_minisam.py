@@ -836,6 +836,42 @@ def test_generator_rejects_bad_settings(kwargs, names):
     rejects(lambda: minisam.SamAutomaticMaskGenerator(TOY_MODEL, **kwargs), names)
 
 
+# small integers only: crop_n_layers=k means 4^k crops, which is valid and very slow
+generator_values = st.one_of(st.none(), st.booleans(), st.text(max_size=3),
+                             st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@given(st.sampled_from(["points_per_side", "points_per_batch", "pred_iou_thresh",
+                        "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
+                        "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
+                        "crop_n_points_downscale_factor", "min_mask_region_area", "output_mode"]),
+       generator_values)
+def test_generator_settings_fuzzed(name, value):
+    try:
+        generator = minisam.SamAutomaticMaskGenerator(disc_sam(), **{name: value})
+    except (ValueError, TypeError) as e:
+        assert name in str(e) or "points_per_side" in str(e)
+        return
+    # accepted: it must then work on an image
+    for record in generator.generate(np.zeros((20, 30, 3), np.uint8)):
+        assert record["segmentation"].shape == (20, 30) or generator.output_mode != "binary_mask"
+
+
+@given(any_array)
+def test_generate_accepts_only_uint8_rgb(image):
+    generator = minisam.SamAutomaticMaskGenerator(disc_sam(), points_per_side=2)
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3 and min(image.shape[:2]):
+        assert all(r["segmentation"].shape == image.shape[:2] for r in generator.generate(image))
+    else:
+        rejects(lambda: generator.generate(image), "image")
+
+
+@given(st.one_of(st.text(max_size=6).filter(lambda name: name not in CONFIGS), st.integers(),
+                 st.none(), st.floats()))
+def test_build_sam_fuzzed_config(config):
+    rejects(lambda: build_sam(config), "config")
+
+
 def test_generator_rejects_bad_images_and_takes_odd_valid_ones():
     generator = minisam.SamAutomaticMaskGenerator(disc_sam(), points_per_side=4)
     rejects(lambda: generator.generate(np.zeros((10, 10), np.uint8)), "image")
