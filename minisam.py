@@ -15,6 +15,7 @@ Module names mirror the released reference so that the official checkpoints
 (sam_vit_b_01ec64.pth, ...) load with `build_sam("vit_b", checkpoint=...)`.
 """
 
+import importlib.util
 import math
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
@@ -1100,12 +1101,9 @@ class SamAutomaticMaskGenerator:
         if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
             raise ValueError("output_mode must be 'binary_mask', 'uncompressed_rle' or "
                              f"'coco_rle', got {output_mode!r}")
-        if output_mode == "coco_rle":
-            try:
-                from pycocotools import mask as _  # noqa: F401
-            except ImportError as e:
-                raise ImportError("output_mode='coco_rle' needs pycocotools (pip install "
-                                  "pycocotools); 'uncompressed_rle' needs nothing") from e
+        if output_mode == "coco_rle" and importlib.util.find_spec("pycocotools") is None:
+            raise ImportError("output_mode='coco_rle' needs pycocotools (pip install "
+                              "pycocotools); 'uncompressed_rle' needs nothing")
         if points_per_side is not None:
             if not isinstance(points_per_side, int) or points_per_side < 1:
                 raise ValueError(f"points_per_side must be a positive integer, got "

@@ -7,7 +7,6 @@ with the reason where it cannot be imported.
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import subprocess
@@ -870,6 +869,12 @@ def test_generate_accepts_only_uint8_rgb(image):
                  st.none(), st.floats()))
 def test_build_sam_fuzzed_config(config):
     rejects(lambda: build_sam(config), "config")
+
+
+def test_coco_rle_without_pycocotools_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(minisam.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install pycocotools"):
+        minisam.SamAutomaticMaskGenerator(TOY_MODEL, output_mode="coco_rle")
 
 
 def test_generator_rejects_bad_images_and_takes_odd_valid_ones():

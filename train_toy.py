@@ -226,7 +226,7 @@ class InteractiveTraining(torch.nn.Module):
         points = (sample_in(low_targets, generator) + 0.5) * scale - 0.5  # (N, 2) input pixels
         points, labels = points[:, None], torch.ones(N, 1, dtype=torch.long)
         boxes = noisy_box(targets, generator, max_noise=20 * S / 1024)
-        mask_prompt = None
+        mask_prompt = prediction = None  # no previous prediction before the first pass
         total, logs = 0.0, []
         for it in range(self.iterations):
             if it > 0 and it not in no_click:
