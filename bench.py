@@ -22,6 +22,7 @@ import torch
 from minisam import CONFIGS, Sam, SamAutomaticMaskGenerator, SamPredictor
 from test_minisam import random_sam, reference_package, reference_sam
 from train_toy import EVAL_SEEDS, InteractiveTraining, make_sample, training_batch
+from train_toy import parse_args as parse_training_args
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 1) -> dict:
@@ -87,23 +88,26 @@ def main():
     row("matmul 2048^3 fp32", peak32, unit="GFLOP/s")
     row("matmul 2048^3 bf16", peak16, unit="GFLOP/s")
 
-    # toy training throughput: the default step (8 images x 8 targets x 11 decoder passes)
+    # toy training throughput: the default step of `python train_toy.py`
+    flags = parse_training_args([])
     model = Sam(CONFIGS["toy"])
-    trainer = InteractiveTraining(model, iterations=11)
+    trainer = InteractiveTraining(model, iterations=flags.iters)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    steps = 3 if args.quick else 10
 
     def train_step(step=[0]):
-        images, targets, index, generator = training_batch(step[0], 0, 0, 8, 8, 64)
+        images, targets, index, generator = training_batch(
+            step[0], 0, 0, flags.images_per_step, flags.targets_per_image, 64)
         loss, _ = trainer(images, targets, index, generator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         step[0] += 1
 
-    t = median_times({"step": train_step}, steps)["step"]
-    row("toy training, images/s (8 x 8 targets x 11 passes)", 8 / t, unit="images/s")
-    row("toy training, decoder passes/s", 8 * 8 * 11 / t, unit="passes/s")
+    t = median_times({"step": train_step}, 3 if args.quick else 10)["step"]
+    per_step = f"{flags.images_per_step} x {flags.targets_per_image} targets x {flags.iters} passes"
+    row(f"toy training, images/s ({per_step})", flags.images_per_step / t, unit="images/s")
+    row("toy training, decoder passes/s",
+        flags.images_per_step * flags.targets_per_image * flags.iters / t, unit="passes/s")
     # measured first, so that the process's peak memory is the training's
     row("toy training, peak resident memory", resource.getrusage(resource.RUSAGE_SELF)
         .ru_maxrss / 2**20, unit="GiB")
