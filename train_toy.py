@@ -512,23 +512,23 @@ def main(argv=None):
     device = pick_device(args.device)
     if world > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(args.seed)  # the initial weights
     config: SamConfig = CONFIGS[args.config]
-    model = minisam.Sam(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
-                                  weight_decay=0.1)
     ckpt_path = args.out / "ckpt.pt"
-    step, history = 0, []
+    step, history, state = 0, [], None
     if args.resume or args.eval_only:
         if not ckpt_path.exists():
             raise SystemExit(f"no checkpoint at {ckpt_path} to {'resume' if args.resume else 'evaluate'}")
+        model = minisam.build_sam(config, checkpoint=ckpt_path)  # checks the file fits config
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model = minisam.build_sam(config, checkpoint=ckpt_path)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
-                                      weight_decay=0.1)
-        optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
+    else:
+        torch.manual_seed(args.seed)  # the initial weights
+        model = minisam.Sam(config)
     model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
+                                  weight_decay=0.1)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
     trainer = InteractiveTraining(model, args.iters)
     if world > 1:
         trainer = torch.nn.parallel.DistributedDataParallel(trainer, find_unused_parameters=True)
