@@ -1045,3 +1045,66 @@ def test_bad_flags_are_argparse_errors(capsys):
             train_toy.parse_args(flags)
         assert err.value.code == 2
         assert "error" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------
+# Lessons: every Python block runs, every code name exists, every picture is made by code
+
+ROOT = Path(__file__).resolve().parent
+LESSONS = sorted((ROOT / "lessons").glob("*.md"))
+CODE_FILES = [ROOT / "minisam.py", ROOT / "train_toy.py", ROOT / "bench.py",
+              *sorted((ROOT / "lessons").glob("*.py"))]
+
+
+def python_blocks(markdown: str) -> list:
+    import re
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+def test_every_lesson_is_numbered_and_has_a_python_block_and_a_figure():
+    import re
+    assert len(LESSONS) >= 10
+    for lesson in LESSONS:
+        text = lesson.read_text()
+        assert re.match(r"\d\d_", lesson.name), lesson.name
+        assert python_blocks(text), f"{lesson.name} has no python block"
+        assert "![" in text, f"{lesson.name} shows no figure"
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.name)
+def test_lesson_code_runs(lesson, monkeypatch):
+    """The blocks of one lesson run in order, in one namespace, from the repo root."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT / "lessons"))
+    namespace = {"__name__": f"lesson_{lesson.stem}"}
+    for i, block in enumerate(python_blocks(lesson.read_text())):
+        code = compile(block, f"{lesson.name}, python block {i + 1}", "exec")
+        exec(code, namespace)
+
+
+def test_lessons_and_readme_name_only_code_that_exists():
+    """A backticked name (`evaluate`, `Sam.postprocess_masks`, `predict_torch()`) must still
+    be in the code: a renamed function cannot leave a lesson pointing at nothing."""
+    import re
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", "".join(p.read_text() for p in CODE_FILES)))
+    missing = []
+    for doc in [*LESSONS, ROOT / "README.md"]:
+        for name in re.findall(r"`([A-Za-z_][A-Za-z0-9_.]*)(?:\(\))?`", doc.read_text()):
+            if re.search(r"\.(py|md|png|json|pt|pth|txt)$", name):
+                continue  # a file name, checked by the picture test or not code at all
+            missing += [f"{doc.name}: `{name}`" for part in name.split(".") if part not in words]
+    assert not missing, "names that no code defines:\n" + "\n".join(missing)
+
+
+def test_every_picture_exists_and_is_drawn_by_code():
+    import re
+    sys.path.insert(0, str(ROOT / "lessons"))
+    import make_figures
+    drawn_elsewhere = (ROOT / "lessons" / "data_engine.py").read_text() if (
+        ROOT / "lessons" / "data_engine.py").exists() else ""
+    for doc in [*LESSONS, ROOT / "README.md"]:
+        for link in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", doc.read_text()):
+            path = doc.parent / link
+            assert path.exists(), f"{doc.name} shows {link}, which is not in the repo"
+            assert path.stem in make_figures.FIGURES or f'"{path.name}"' in drawn_elsewhere, \
+                f"{doc.name} shows {link}, which no figure code draws"

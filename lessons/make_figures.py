@@ -9,13 +9,12 @@ One function per figure, registered with @figure under the name of the PNG it wr
 a figure, write a function `def name(path)` that saves one PNG to `path`, decorate it, and
 main() picks it up. Every figure is deterministic (fixed seeds). Only the figures of a
 *trained* model call trained_model(): it loads out/ckpt.pt (what `python train_toy.py`
-writes) and otherwise trains a toy model for QUICK_STEPS = 150 steps in a temporary
-directory, once per run (a few minutes on a CPU). Such a short run still predicts empty
-masks; the figures say which model drew them.
+writes), and makes it with the default training run first if it is missing.
 """
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -64,30 +63,36 @@ def overlay(ax, image, mask, colour=(1.0, 0.2, 0.2), alpha=0.6):
 _MODEL = None
 _MODEL_SOURCE = ""
 CHECKPOINT = ROOT / "out" / "ckpt.pt"  # what `python train_toy.py` writes; --checkpoint overrides
-QUICK_STEPS = 150  # the fallback: fast, but too short for the model to segment well
 
 
 def trained_model() -> minisam.Sam:
-    """The toy model from CHECKPOINT, or, if there is none (or it does not fit the toy
-    preset), a quick QUICK_STEPS-step one trained now. Cached: trained at most once per run."""
+    """The toy model from CHECKPOINT; if there is none, `python train_toy.py`'s default run is
+    made first (about 10 minutes on a 2-core CPU), so the figures show what readers get."""
     global _MODEL, _MODEL_SOURCE
     if _MODEL is None:
-        if CHECKPOINT.exists():
-            try:
-                _MODEL = minisam.build_sam("toy", checkpoint=CHECKPOINT)
-                step = torch.load(CHECKPOINT, map_location="cpu", weights_only=True).get("step")
-                _MODEL_SOURCE = f"{CHECKPOINT.name}, {step} training steps"
-                print(f"  using {CHECKPOINT} ({step} steps)")
-            except (ValueError, AttributeError) as e:
-                print(f"  {CHECKPOINT} does not fit the toy preset ({e}); training a quick one")
-        if _MODEL is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                print(f"  no checkpoint: training a toy model for {QUICK_STEPS} steps "
-                      "(a few minutes on a CPU)")
-                train_toy.main(["--steps", str(QUICK_STEPS), "--out", tmp])
-                _MODEL = minisam.build_sam("toy", checkpoint=Path(tmp) / "ckpt.pt")
-            _MODEL_SOURCE = f"a quick {QUICK_STEPS}-step model"
+        if not CHECKPOINT.exists():
+            print(f"  no {CHECKPOINT}: running train_toy.py's default training first")
+            train_toy.main(["--out", str(CHECKPOINT.parent)])
+        _MODEL = minisam.build_sam("toy", checkpoint=CHECKPOINT).eval()
+        step = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)["step"]
+        _MODEL_SOURCE = f"{CHECKPOINT.name}, {step} training steps"
+        print(f"  using {CHECKPOINT} ({step} steps)")
     return _MODEL
+
+
+_TRAINING_FIGURES = None
+
+
+def training_figures() -> Path:
+    """The pictures train_toy.py draws at the end of a run (loss, gallery, mIoU against
+    clicks, automatic masks), redrawn from CHECKPOINT into a temporary folder, once."""
+    global _TRAINING_FIGURES
+    if _TRAINING_FIGURES is None:
+        model = trained_model()
+        history = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)["history"]
+        _TRAINING_FIGURES = Path(tempfile.mkdtemp(prefix="minisam_figures_"))
+        train_toy.make_figures(model, train_toy.evaluate(model), history, _TRAINING_FIGURES)
+    return _TRAINING_FIGURES
 
 
 # -----------------------------------------------------------------------------
@@ -396,6 +401,95 @@ def losses(path: Path) -> None:
     ax.legend(fontsize=8, loc=(0.45, 0.6))
     fig.tight_layout()
     save(fig, path)
+
+
+# -----------------------------------------------------------------------------
+# Lessons 05-07: training, the predictor, automatic masks (the trained toy model)
+
+
+def _copy_training_figure(name: str, path: Path) -> None:
+    shutil.copyfile(training_figures() / name, path)
+
+
+@figure
+def simulated_annotation(path: Path) -> None:
+    """A held-out target through five passes of the training loop's simulated annotator:
+    a first click, two corrective clicks, two passes with no new click, each pass fed the
+    previous logits (train_toy.InteractiveTraining, with the no-click passes at the end)."""
+    model = trained_model()
+    image, masks, parents = train_toy.make_world(train_toy.EVAL_SEEDS[1])
+    target = torch.from_numpy(masks[np.argmax(parents >= 0)])[None]  # a part: ambiguous
+    generator = torch.Generator().manual_seed(0)
+    predictor = minisam.SamPredictor(model)
+    predictor.set_image(image)
+    points, labels = train_toy.sample_in(target, generator), torch.ones(1, dtype=torch.long)
+    low_res = None
+    fig, axes = plt.subplots(1, 5, figsize=(12, 2.9))
+    for it, ax in enumerate(axes):
+        if it in (1, 2):
+            click, label = train_toy.corrective_click(prediction, target, generator)
+            points, labels = torch.cat([points, click]), torch.cat([labels, label])
+        out, iou, logits = predictor.predict(points.numpy(), labels.numpy(), multimask_output=it == 0,
+                                             mask_input=None if low_res is None else low_res[None])
+        best = iou.argmax()  # carried forward, as in training
+        low_res, prediction = logits[best], torch.from_numpy(out[best])[None]
+        overlay(ax, image, out[best], (1.0, 0.85, 0.1))
+        ax.contour(target[0].numpy(), levels=[0.5], colors="white", linewidths=1)
+        for (x, y), fg in zip(points.tolist(), labels.tolist()):
+            ax.plot(x, y, "o", color="lime" if fg else "red", markeredgecolor="k", markersize=7)
+        actual = minisam.mask_iou(prediction, target).item()
+        kind = "first click" if it == 0 else "corrective click" if it in (1, 2) else "no new click"
+        ax.set_title(f"pass {it + 1}: {kind}\nIoU {actual:.2f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("one held-out target (white outline) through the training loop's passes",
+                 y=1.04)
+    save(fig, path)
+
+
+@figure
+def miou_vs_clicks(path: Path) -> None:
+    """Held-out mIoU against the number of clicks, as train_toy.py draws it."""
+    _copy_training_figure("miou_vs_clicks.png", path)
+
+
+@figure
+def one_click_three_masks(path: Path) -> None:
+    """train_toy.py's gallery: one click, three masks and their predicted IoUs; a box."""
+    _copy_training_figure("gallery.png", path)
+
+
+@figure
+def stability_score(path: Path) -> None:
+    """One click's three masks, each thresholded at -1, 0 and +1 (in logits): the stability
+    score is the IoU of the outer two."""
+    model = trained_model()
+    image, masks, parents = train_toy.make_world(train_toy.EVAL_SEEDS[1])
+    ys, xs = np.nonzero(masks[np.argmax(parents >= 0)])
+    click = np.array([[xs.mean(), ys.mean()]])
+    predictor = minisam.SamPredictor(model)
+    predictor.set_image(image)
+    logits, iou, _ = predictor.predict(click, np.array([1]), return_logits=True)
+    scores = minisam.calculate_stability_score(torch.from_numpy(logits), model.mask_threshold, 1.0)
+    fig, axes = plt.subplots(3, 4, figsize=(9, 7))
+    for row, k in zip(axes, range(3)):
+        row[0].imshow(logits[k], cmap="RdBu_r", vmin=-8, vmax=8)
+        row[0].set_title(f"mask {k + 1} logits\npredicted IoU {iou[k]:.2f}", fontsize=9)
+        for ax, offset in zip(row[1:], (-1.0, 0.0, 1.0)):
+            overlay(ax, image, logits[k] > offset, (1.0, 0.85, 0.1))
+            ax.set_title(f"logit > {offset:+.0f}", fontsize=9)
+        row[3].set_title(f"logit > +1: stability {scores[k]:.2f}", fontsize=9)
+        for ax in row:
+            ax.plot(*click[0], "*", color="lime", markersize=10, markeredgecolor="k")
+            ax.axis("off")
+    fig.suptitle("stability score = IoU(mask at logit > +1, mask at logit > -1)")
+    fig.tight_layout()
+    save(fig, path)
+
+
+@figure
+def automatic_masks(path: Path) -> None:
+    """train_toy.py's automatic masks on a held-out image, with TOY_AMG_SETTINGS."""
+    _copy_training_figure("automask.png", path)
 
 
 # -----------------------------------------------------------------------------
