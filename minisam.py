@@ -261,9 +261,9 @@ class FourierPositionalEncoding(nn.Module):
     def dense(self, size: Tuple[int, int]) -> torch.Tensor:
         """Encoding of every cell centre of an (h, w) grid -> (C, h, w)."""
         h, w = size
-        device = self.positional_encoding_gaussian_matrix.device
-        y = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h
-        x = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w
+        matrix = self.positional_encoding_gaussian_matrix
+        y = (torch.arange(h, device=matrix.device, dtype=matrix.dtype) + 0.5) / h
+        x = (torch.arange(w, device=matrix.device, dtype=matrix.dtype) + 0.5) / w
         grid = torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1)  # (h, w, 2) as (x, y)
         return self.encode(grid).permute(2, 0, 1)
 
@@ -294,8 +294,16 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """The same Fourier features at every cell of the image embedding: (1, C, g, g)."""
-        return self.pe_layer.dense(self.image_embedding_size)[None]
+        """The same Fourier features at every cell of the image embedding: (1, C, g, g).
+        They depend only on the fixed Gaussian matrix, so they are computed once per click
+        session, not per click: again only when that matrix changes (loading a checkpoint
+        bumps its version counter, moving it gives it new storage)."""
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (matrix.data_ptr(), matrix._version, matrix.dtype)
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe = self.pe_layer.dense(self.image_embedding_size)[None]
+            self._dense_pe_key = key
+        return self._dense_pe
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool):
         coords = coords + 0.5  # a pixel index names the pixel's centre

@@ -1108,3 +1108,14 @@ def test_every_picture_exists_and_is_drawn_by_code():
             assert path.exists(), f"{doc.name} shows {link}, which is not in the repo"
             assert path.stem in make_figures.FIGURES or f'"{path.name}"' in drawn_elsewhere, \
                 f"{doc.name} shows {link}, which no figure code draws"
+
+
+def test_dense_pe_is_made_once_and_follows_the_loaded_matrix():
+    model = Sam(CONFIGS["toy"])
+    first = model.prompt_encoder.get_dense_pe()
+    assert model.prompt_encoder.get_dense_pe() is first  # not recomputed per click
+    model.load_state_dict(random_sam(CONFIGS["toy"], seed=1).state_dict())  # in place
+    after_load = model.prompt_encoder.get_dense_pe()
+    fresh = model.prompt_encoder.pe_layer.dense(model.prompt_encoder.image_embedding_size)[None]
+    assert not torch.equal(after_load, first) and torch.equal(after_load, fresh)
+    assert model.double().prompt_encoder.get_dense_pe().dtype == torch.float64
