@@ -1119,3 +1119,73 @@ def test_dense_pe_is_made_once_and_follows_the_loaded_matrix():
     fresh = model.prompt_encoder.pe_layer.dense(model.prompt_encoder.image_embedding_size)[None]
     assert not torch.equal(after_load, first) and torch.equal(after_load, fresh)
     assert model.double().prompt_encoder.get_dense_pe().dtype == torch.float64
+
+
+# -----------------------------------------------------------------------------
+# The data engine in miniature (lessons/data_engine.py)
+
+
+def _data_engine():
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "lessons"))
+    import data_engine
+    return data_engine
+
+
+def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
+    data_engine = _data_engine()
+    data_engine.main(["--out", str(tmp_path), "--quick", "--threads", "1"])
+    assert torch.get_num_threads() == 2  # main gives the caller's thread count back
+    results = json.loads((tmp_path / "data_engine.json").read_text())
+    for name in ("clicks_per_mask.png", "masks_per_image.png", "final_comparison.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+    def fraction(x):
+        return isinstance(x, float) and 0 <= x <= 1
+
+    rounds = results["stage1"]["rounds"]
+    assert len(rounds) == 3
+    for r in rounds:
+        assert r["clicks_per_mask"] >= 0 and isinstance(r["masks"], int) and r["masks"] >= 0
+        assert fraction(r["miou"]) and fraction(r["accepted_fraction"])
+    assert results["stage1"]["masks_per_image"] >= 0
+    assert fraction(results["stage2"]["prefilled_fraction"])
+    assert results["stage2"]["masks_per_image"] >= 0
+    for key in ("precision", "recall"):
+        assert fraction(results["stage3"][key])
+    assert results["stage3"]["masks_per_image"] >= 0
+    assert fraction(results["final"]["miou_engine"])
+    assert fraction(results["final"]["miou_ground_truth"])
+
+
+def test_data_engine_annotator_accepts_only_good_masks_and_counts_clicks():
+    data_engine = _data_engine()
+    from train_toy import make_sample
+    torch.manual_seed(0)
+    model = Sam(CONFIGS["toy"]).eval()  # untrained: the annotator mostly gives up
+    samples = [make_sample(seed) for seed in (1, 2)]
+    results = data_engine.annotate(model, [s[0] for s in samples], [s[1] for s in samples],
+                                   click_budget=4, accept_iou=0.9)
+    for (image, truth), r in zip(samples, results):
+        assert r["clicks"].shape == r["accepted"].shape == (len(truth),)
+        assert ((r["clicks"] >= 1) & (r["clicks"] <= 4)).all()
+        assert (r["clicks"][~r["accepted"]] == 4).all()  # gave up only at the budget
+        assert r["masks"].shape == (int(r["accepted"].sum()), *image.shape[:2])
+        if len(r["masks"]):  # every accepted mask is within the acceptance IoU of its target
+            ious = minisam.mask_iou(torch.from_numpy(r["masks"]),
+                                    torch.from_numpy(truth[r["accepted"]]))
+            assert (ious >= 0.9).all()
+    # with a budget of one click, every mask costs exactly the first click
+    once = data_engine.annotate(model, [samples[0][0]], [samples[0][1]], click_budget=1,
+                                accept_iou=0.9)
+    assert (once[0]["clicks"] == 1).all()
+
+
+@pytest.mark.parametrize("argv", [["--quick"], ["--out", "x", "--seed-steps", "0"],
+                                  ["--out", "x", "--accept-iou", "1.5"],
+                                  ["--out", "x", "--threads", "0"],
+                                  ["--out", "x", "--rounds", "3"]])
+def test_data_engine_rejects_bad_arguments(argv):
+    data_engine = _data_engine()
+    with pytest.raises(SystemExit) as e:
+        data_engine.parse_args(argv)
+    assert e.value.code == 2
