@@ -295,9 +295,9 @@ class PromptEncoder(nn.Module):
 
     def get_dense_pe(self) -> torch.Tensor:
         """The same Fourier features at every cell of the image embedding: (1, C, g, g).
-        They depend only on the fixed Gaussian matrix, so they are computed once per click
-        session, not per click: again only when that matrix changes (loading a checkpoint
-        bumps its version counter, moving it gives it new storage)."""
+        They depend only on the fixed Gaussian matrix, so they are computed once rather than
+        on every click, and again only when that matrix changes (loading a checkpoint bumps
+        its version counter; moving the model gives it new storage)."""
         matrix = self.pe_layer.positional_encoding_gaussian_matrix
         key = (matrix.data_ptr(), matrix._version, matrix.dtype)
         if getattr(self, "_dense_pe_key", None) != key:
