@@ -392,7 +392,7 @@ class TwoWayAttentionBlock(nn.Module):
 
     def forward(self, tokens, image, token_pe, image_pe):
         """tokens (N, T, C) with their positional part token_pe (the original prompt tokens);
-        image (N, g*g, C) with image_pe (N, g*g, C)."""
+        image (N, g*g, C) with image_pe (1 or N, g*g, C)."""
         # (1) self-attention among tokens. In the first layer the tokens *are* the prompt
         # tokens, so adding token_pe would count them twice, and there is no residual.
         if self.first:
@@ -425,7 +425,9 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor):
-        """image, image_pe (N, C, g, g); tokens (N, T, C) -> tokens (N, T, C), image (N, g*g, C)."""
+        """image (N, C, g, g); image_pe (1, C, g, g), shared by all N rows (it broadcasts,
+        so it is laid out token-major once, not N times); tokens (N, T, C) ->
+        tokens (N, T, C), image (N, g*g, C)."""
         # pixels become tokens, laid out token-major once here rather than by every linear
         image = image.flatten(2).transpose(1, 2).contiguous()
         image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
@@ -485,7 +487,7 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse_prompt_embeddings], dim=1)
         image = image_embeddings + dense_prompt_embeddings  # (N, C, g, g)
-        tokens, image = self.transformer(image, image_pe.expand_as(image), tokens)
+        tokens, image = self.transformer(image, image_pe, tokens)
         iou_token_out, mask_tokens_out = tokens[:, 0], tokens[:, 1:1 + self.num_mask_tokens]
 
         N, C, g, _ = dense_prompt_embeddings.shape
