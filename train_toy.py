@@ -273,14 +273,21 @@ def training_batch(step: int, seed: int, rank: int, images_per_step: int,
     run draws exactly what the uninterrupted run drew, and each rank draws its own."""
     generator = torch.Generator().manual_seed(hash((seed, step, rank)) % 2**62)
     image_seeds = torch.randint(len(TRAIN_SEEDS), (images_per_step,), generator=generator)
+    samples = [make_sample(TRAIN_SEEDS[s], image_size) for s in image_seeds.tolist()]
+    return (*stack_samples(samples, targets_per_image, generator), generator)
+
+
+def stack_samples(samples: list, targets_per_image: int, generator: torch.Generator):
+    """A list of (image uint8 (H, W, 3), masks bool (K, H, W)) -> one training batch: images
+    (B, 3, H, W) float, targets_per_image masks of each drawn with replacement as targets
+    (N, H, W), and image_index (N,), which image each target is in."""
     images, targets, index = [], [], []
-    for i, image_seed in enumerate(image_seeds.tolist()):
-        image, masks = make_sample(TRAIN_SEEDS[image_seed], image_size)
+    for i, (image, masks) in enumerate(samples):
         chosen = torch.randint(len(masks), (targets_per_image,), generator=generator)
         images.append(torch.from_numpy(image).permute(2, 0, 1).float())
         targets.append(torch.from_numpy(masks)[chosen])
         index += [i] * targets_per_image
-    return torch.stack(images), torch.cat(targets), torch.tensor(index), generator
+    return torch.stack(images), torch.cat(targets), torch.tensor(index)
 
 
 def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
@@ -335,6 +342,20 @@ def largest_error_click(prediction: torch.Tensor, target: torch.Tensor):
     return points, label.long()
 
 
+def decode(model: minisam.Sam, embeddings, points=None, labels=None, boxes=None,
+           mask_prompt=None, multimask=False):
+    """One decoder call for N prompt rows at the model's input size, each row with its own
+    image embedding (N, C, g, g): returns masks (N, M, S, S) bool, IoU predictions (N, M)
+    and low-res logits (N, M, 4g, 4g), the mask prompt of a next click."""
+    S = model.config.image_size
+    sparse, dense = model.prompt_encoder(
+        points=None if points is None else (points, labels), boxes=boxes, masks=mask_prompt)
+    low_res, iou = model.mask_decoder(embeddings, model.prompt_encoder.get_dense_pe(), sparse,
+                                      dense, multimask)
+    masks = model.postprocess_masks(low_res, (S, S), (S, S)) > model.mask_threshold
+    return masks, iou, low_res
+
+
 @torch.no_grad()
 def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
     """Held-out metrics on `seeds` (default EVAL_SEEDS). Images are at the model's input
@@ -350,22 +371,14 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
         index += [i] * len(masks)
     targets, index = torch.cat(targets), torch.tensor(index)
     embeddings = model.image_encoder(model.preprocess(torch.stack(images)))[index]
-    pe = model.prompt_encoder.get_dense_pe()
-
-    def decode(points=None, labels=None, boxes=None, mask_prompt=None, multimask=False):
-        sparse, dense = model.prompt_encoder(
-            points=None if points is None else (points, labels), boxes=boxes, masks=mask_prompt)
-        low_res, iou = model.mask_decoder(embeddings, pe, sparse, dense, multimask)
-        masks = model.postprocess_masks(low_res, (S, S), (S, S)) > model.mask_threshold
-        return masks, iou, low_res
 
     box = minisam.batched_mask_to_box(targets).float()
-    masks, _, _ = decode(boxes=box)
+    masks, _, _ = decode(model, embeddings, boxes=box)
     box_miou = mask_iou(masks[:, 0], targets).mean().item()
 
     click = interior_point(targets)
     points, labels = click[:, None], torch.ones(len(targets), 1, dtype=torch.long)
-    masks, iou_pred, low_res = decode(points, labels, multimask=True)
+    masks, iou_pred, low_res = decode(model, embeddings, points, labels, multimask=True)
     actual = mask_iou(masks, targets[:, None])  # (N, 3)
     chosen = iou_pred.argmax(1)
     rows = torch.arange(len(targets))
@@ -378,7 +391,7 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
         click, label = largest_error_click(prediction, targets)
         points = torch.cat([points, click[:, None]], dim=1)
         labels = torch.cat([labels, label[:, None]], dim=1)
-        masks, _, mask_prompt = decode(points, labels, mask_prompt=mask_prompt)
+        masks, _, mask_prompt = decode(model, embeddings, points, labels, mask_prompt=mask_prompt)
         prediction = masks[:, 0]
         by_clicks.append(mask_iou(prediction, targets).mean().item())
     return {"targets": len(targets), "box_miou": box_miou,

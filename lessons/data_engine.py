@@ -40,7 +40,8 @@ import minisam  # noqa: E402
 import train_toy  # noqa: E402
 from minisam import mask_iou  # noqa: E402
 from train_toy import (EVAL_SEEDS, TOY_AMG_SETTINGS, TRAIN_SEEDS, InteractiveTraining,  # noqa: E402
-                       evaluate, interior_point, largest_error_click, learning_rate, make_sample)
+                       decode, evaluate, interior_point, largest_error_click, learning_rate,
+                       make_sample, stack_samples)
 
 # -----------------------------------------------------------------------------
 # 0. The budget: every count of images and optimisation steps, in one place.
@@ -107,16 +108,11 @@ def train_on_labels(model: minisam.Sam, labelled: list, steps: int, seed: int,
     for step in range(steps):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         picks = torch.randint(len(labelled), (hp["images_per_step"],), generator=generator)
-        images, targets, index = [], [], []
-        for i, pick in enumerate(picks.tolist()):
-            image, masks = labelled[pick]
-            chosen = torch.randint(len(masks), (hp["targets_per_image"],), generator=generator)
-            images.append(torch.from_numpy(image).permute(2, 0, 1).float())
-            targets.append(torch.from_numpy(masks)[chosen])
-            index += [i] * hp["targets_per_image"]
+        images, targets, index = stack_samples([labelled[i] for i in picks.tolist()],
+                                               hp["targets_per_image"], generator)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, hp["lr"], warmup)
-        loss, _ = trainer(torch.stack(images), torch.cat(targets), torch.tensor(index), generator)
+        loss, _ = trainer(images, targets, index, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -173,21 +169,12 @@ def annotate(model: minisam.Sam, images: list, truths: list, click_budget: int,
     targets = torch.cat([torch.from_numpy(t) for t in truths])
     index = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts))
     embeddings = embed(model, images)[index]
-    pe = model.prompt_encoder.get_dense_pe()
-    size = tuple(targets.shape[-2:])
-
-    def decode(rows, points, labels, mask_prompt, multimask):
-        sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None,
-                                             masks=mask_prompt)
-        low_res, iou = model.mask_decoder(embeddings[rows], pe, sparse, dense, multimask)
-        masks = model.postprocess_masks(low_res, size, size) > model.mask_threshold
-        return masks, iou, low_res
 
     N = len(targets)
     rows = torch.arange(N)
     points = interior_point(targets)[:, None]  # (N, 1, 2): the first click
     labels = torch.ones(N, 1, dtype=torch.long)
-    masks, iou_pred, low_res = decode(rows, points, labels, None, multimask=True)
+    masks, iou_pred, low_res = decode(model, embeddings, points, labels, multimask=True)
     chosen = iou_pred.argmax(1)
     prediction, mask_prompt = masks[rows, chosen], low_res[rows, chosen][:, None]
     clicks = torch.ones(N, dtype=torch.long)
@@ -204,8 +191,8 @@ def annotate(model: minisam.Sam, images: list, truths: list, click_budget: int,
                                                                    targets[active])
         points = torch.cat([points, new_point[:, None]], dim=1)
         labels = torch.cat([labels, new_label[:, None]], dim=1)
-        masks, _, low = decode(active, points[active], labels[active], mask_prompt[active],
-                               multimask=False)
+        masks, _, low = decode(model, embeddings[active], points[active], labels[active],
+                               mask_prompt=mask_prompt[active])
         prediction[active], mask_prompt[active] = masks[:, 0], low
         clicks[active] = click
         done[active] = mask_iou(masks[:, 0], targets[active]) >= accept_iou
