@@ -6,8 +6,10 @@ with the reason where it cannot be imported.
 """
 
 import dataclasses
+import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1056,13 +1058,18 @@ CODE_FILES = [ROOT / "minisam.py", ROOT / "train_toy.py", ROOT / "bench.py",
               *sorted((ROOT / "lessons").glob("*.py"))]
 
 
+def lessons_module(name: str):
+    """A script of lessons/ (make_figures, data_engine), imported as the lessons import it."""
+    if str(ROOT / "lessons") not in sys.path:
+        sys.path.insert(0, str(ROOT / "lessons"))
+    return importlib.import_module(name)
+
+
 def python_blocks(markdown: str) -> list:
-    import re
     return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
 
 
 def test_every_lesson_is_numbered_and_has_a_python_block_and_a_figure():
-    import re
     assert len(LESSONS) >= 10
     for lesson in LESSONS:
         text = lesson.read_text()
@@ -1085,7 +1092,6 @@ def test_lesson_code_runs(lesson, monkeypatch):
 def test_lessons_and_readme_name_only_code_that_exists():
     """A backticked name (`evaluate`, `Sam.postprocess_masks`, `predict_torch()`) must still
     be in the code: a renamed function cannot leave a lesson pointing at nothing."""
-    import re
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", "".join(p.read_text() for p in CODE_FILES)))
     missing = []
     for doc in [*LESSONS, ROOT / "README.md"]:
@@ -1097,16 +1103,13 @@ def test_lessons_and_readme_name_only_code_that_exists():
 
 
 def test_every_picture_exists_and_is_drawn_by_code():
-    import re
-    sys.path.insert(0, str(ROOT / "lessons"))
-    import make_figures
-    drawn_elsewhere = (ROOT / "lessons" / "data_engine.py").read_text() if (
-        ROOT / "lessons" / "data_engine.py").exists() else ""
+    figures = lessons_module("make_figures").FIGURES
+    drawn_elsewhere = (ROOT / "lessons" / "data_engine.py").read_text()
     for doc in [*LESSONS, ROOT / "README.md"]:
         for link in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", doc.read_text()):
             path = doc.parent / link
             assert path.exists(), f"{doc.name} shows {link}, which is not in the repo"
-            assert path.stem in make_figures.FIGURES or f'"{path.name}"' in drawn_elsewhere, \
+            assert path.stem in figures or f'"{path.name}"' in drawn_elsewhere, \
                 f"{doc.name} shows {link}, which no figure code draws"
 
 
@@ -1125,14 +1128,8 @@ def test_dense_pe_is_made_once_and_follows_the_loaded_matrix():
 # The data engine in miniature (lessons/data_engine.py)
 
 
-def _data_engine():
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "lessons"))
-    import data_engine
-    return data_engine
-
-
 def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
-    data_engine = _data_engine()
+    data_engine = lessons_module("data_engine")
     data_engine.main(["--out", str(tmp_path), "--quick", "--threads", "1"])
     assert torch.get_num_threads() == 2  # main gives the caller's thread count back
     results = json.loads((tmp_path / "data_engine.json").read_text())
@@ -1158,7 +1155,7 @@ def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
 
 
 def test_data_engine_annotator_accepts_only_good_masks_and_counts_clicks():
-    data_engine = _data_engine()
+    data_engine = lessons_module("data_engine")
     from train_toy import make_sample
     torch.manual_seed(0)
     model = Sam(CONFIGS["toy"]).eval()  # untrained: the annotator mostly gives up
@@ -1185,7 +1182,7 @@ def test_data_engine_annotator_accepts_only_good_masks_and_counts_clicks():
                                   ["--out", "x", "--threads", "0"],
                                   ["--out", "x", "--rounds", "3"]])
 def test_data_engine_rejects_bad_arguments(argv):
-    data_engine = _data_engine()
+    data_engine = lessons_module("data_engine")
     with pytest.raises(SystemExit) as e:
         data_engine.parse_args(argv)
     assert e.value.code == 2
