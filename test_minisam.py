@@ -956,6 +956,40 @@ def test_interior_point_is_farthest_from_the_boundary():
     assert train_toy.interior_point(mask)[0].tolist() == [8.0, 4.0]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_a_fresh_decoder_already_looks_up_positions(seed):
+    """The decoder's attention starts with k_proj = q_proj (Attention.__init__): before any
+    training, the pixels around a click give the click's token more attention than pixels
+    far away do. With independent random projections the two are equal (ratio ~1.0)."""
+    torch.manual_seed(seed)
+    model = Sam(CONFIGS["toy"]).eval()
+    S, g = model.config.image_size, model.config.image_embedding_size
+    image, _ = train_toy.make_sample(train_toy.EVAL_SEEDS[seed])
+    clicks = torch.rand(16, 1, 2, generator=torch.Generator().manual_seed(seed)) * S
+    attention = model.mask_decoder.transformer.layers[0].cross_attn_image_to_token
+    seen = {}
+    hook = attention.register_forward_pre_hook(lambda _, args: seen.update(args=args))
+    with torch.no_grad():
+        embedding = model.image_encoder(model.preprocess(
+            torch.from_numpy(image).permute(2, 0, 1)[None].float()))
+        train_toy.decode(model, embedding.expand(16, -1, -1, -1), clicks,
+                         torch.ones(16, 1, dtype=torch.long))
+        hook.remove()
+        pixels, tokens, _ = seen["args"]  # queries (16, g*g, C), keys (16, T, C)
+
+        def heads(x):
+            return x.unflatten(-1, (attention.num_heads, -1)).transpose(1, 2)
+
+        q, k = heads(attention.q_proj(pixels)), heads(attention.k_proj(tokens))
+        weights = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1).mean(1)
+    on_click = weights[..., 1 + model.mask_decoder.num_mask_tokens]  # (16, g*g)
+    centres = (torch.arange(g) + 0.5) * S / g
+    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+    cells = torch.stack([xx.flatten(), yy.flatten()], dim=1)  # (g*g, 2) as (x, y)
+    distance = torch.cdist(clicks[:, 0], cells) / (S / g)  # (16, g*g) in cells
+    near, far = on_click[distance < 1.5].mean(), on_click[distance > 5].mean()
+    assert near > 1.3 * far
+
 def train(out, *flags):
     train_toy.main(["--out", str(out), "--images-per-step", "2", "--targets-per-image", "3",
                     "--iters", "3", "--warmup", "2", "--lr", "3e-3", *flags])

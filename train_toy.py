@@ -293,7 +293,7 @@ def stack_samples(samples: list, targets_per_image: int, generator: torch.Genera
 def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warmup, then step decay x0.1 at 85% and at 26/27 of training. The paper's first
     decay comes at 2/3, but it starts from a pre-trained encoder; from scratch, the toy model
-    spends its first ~350 steps on a plateau, and decaying at 2/3 of the default 700 steps
+    spends its first 200-350 steps on a plateau, and decaying at 2/3 of the default 700 steps
     left it too few steps at full rate (README, "Toy training results": box mIoU 0.57 -> 0.62)."""
     if step < warmup:
         return base * (step + 1) / warmup
