@@ -462,6 +462,18 @@ class MLP(nn.Module):
         return self.layers[-1](x)
 
 
+def upscale_2x(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """conv (a 2x2 transposed convolution with stride 2) on a channels-last map: (N, h, w,
+    C_in) -> (N, 2h, 2w, C_out). With kernel = stride, the output's 2x2 blocks do not overlap
+    and each is a linear map of one input pixel, so the whole convolution is one matmul to
+    4 * C_out channels and a reshuffle; as a matmul it runs at the machine's full rate."""
+    N, h, w, _ = x.shape
+    c_in, c_out = conv.weight.shape[:2]  # weight (C_in, C_out, 2, 2)
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)  # columns (dy, dx, C_out)
+    y = F.linear(x, weight.t(), conv.bias.repeat(4))  # (N, h, w, 4 * C_out)
+    return y.view(N, h, w, 2, 2, c_out).transpose(2, 3).reshape(N, 2 * h, 2 * w, c_out)
+
+
 class MaskDecoder(nn.Module):
     def __init__(self, cfg: SamConfig):
         super().__init__()
@@ -471,7 +483,9 @@ class MaskDecoder(nn.Module):
                                              cfg.decoder_mlp_dim)
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
-        self.output_upscaling = nn.Sequential(  # (N, dim, g, g) -> (N, dim/8, 4g, 4g)
+        # 4x upscaling, (N, dim, g, g) -> (N, dim/8, 4g, 4g); forward runs these weights
+        # channels-last (upscale_2x) rather than calling the Sequential
+        self.output_upscaling = nn.Sequential(
             nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2), LayerNorm2d(dim // 4),
             nn.GELU(),
             nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2), nn.GELU(),
@@ -499,13 +513,17 @@ class MaskDecoder(nn.Module):
         tokens, image = self.transformer(image, image_pe, tokens)
         iou_token_out, mask_tokens_out = tokens[:, 0], tokens[:, 1:1 + self.num_mask_tokens]
 
-        N, C, g, _ = dense_prompt_embeddings.shape
-        # (N, g*g, C) tokens viewed as an (N, C, g, g) map; the memory stays channels-last,
-        # which the convolutions take without a copy
-        upscaled = self.output_upscaling(image.transpose(1, 2).unflatten(2, (g, g)))
+        g = dense_prompt_embeddings.shape[-1]
+        # upscale 4x, channels last all the way: (N, g*g, C) -> (N, 4g, 4g, C/8)
+        up1, norm, act, up2, _ = self.output_upscaling
+        x = upscale_2x(image.unflatten(1, (g, g)), up1)
+        x = act(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        upscaled = act(upscale_2x(x, up2))
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in
                                 enumerate(self.output_hypernetworks_mlps)], dim=1)  # (N, M+1, C/8)
-        masks = torch.einsum("nmc,nchw->nmhw", hyper_in, upscaled)  # (N, M+1, 4g, 4g)
+        # each mask is its token's vector dotted with every pixel's features
+        masks = (upscaled.flatten(1, 2) @ hyper_in.transpose(1, 2))  # (N, 16g^2, M+1)
+        masks = masks.transpose(1, 2).unflatten(2, (4 * g, 4 * g))  # (N, M+1, 4g, 4g)
         iou_pred = self.iou_prediction_head(iou_token_out)  # (N, M+1)
 
         # For one ambiguous click the 3 multimask tokens answer; with more prompts the

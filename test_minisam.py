@@ -1029,8 +1029,11 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
     flags = ["--steps", "40", "--save-every", "1", "--images-per-step", "2",
              "--targets-per-image", "3", "--iters", "3", "--warmup", "2", "--lr", "3e-3"]
     killed = tmp_path / "killed"
+    # the same thread count as this process, whatever the environment says: another count
+    # sums in another order, and the runs would differ in the last bits
     process = subprocess.Popen([sys.executable, "train_toy.py", "--out", str(killed), *flags],
-                               cwd=Path(__file__).parent, stdout=subprocess.DEVNULL)
+                               cwd=Path(__file__).parent, stdout=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     deadline = time.time() + 120
     while not (killed / "ckpt.pt").exists() and time.time() < deadline:
         time.sleep(0.01)
