@@ -990,6 +990,7 @@ def test_a_fresh_decoder_already_looks_up_positions(seed):
     near, far = on_click[distance < 1.5].mean(), on_click[distance > 5].mean()
     assert near > 1.3 * far
 
+
 def train(out, *flags):
     train_toy.main(["--out", str(out), "--images-per-step", "2", "--targets-per-image", "3",
                     "--iters", "3", "--warmup", "2", "--lr", "3e-3", *flags])
