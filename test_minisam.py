@@ -922,6 +922,16 @@ def test_world_has_ambiguity_at_three_levels():
     assert {0, 1, 2} <= set(depths)  # wholes, parts and subparts all occur
 
 
+def test_a_batch_leaves_out_an_image_without_targets():
+    image, masks = train_toy.make_sample(1)
+    empty = (np.zeros_like(image), masks[:0])
+    images, targets, index = train_toy.stack_samples([empty, (image, masks), empty], 3,
+                                                     torch.Generator().manual_seed(0))
+    assert images.shape[0] == 1 and torch.equal(images[0], torch.from_numpy(image).permute(2, 0, 1).float())
+    assert targets.shape == (3, *masks.shape[1:]) and index.tolist() == [0, 0, 0]
+    assert all(any(np.array_equal(t, m) for m in masks) for t in targets.numpy())
+
+
 @given(small_masks(12), small_masks(12), st.integers(0, 1000))
 def test_corrective_clicks_follow_the_error(prediction, target, seed):
     if prediction.shape != target.shape or not target.any():
