@@ -517,10 +517,10 @@ class MaskDecoder(nn.Module):
 
         g = dense_prompt_embeddings.shape[-1]
         # upscale 4x, channels last all the way: (N, g*g, C) -> (N, 4g, 4g, C/8)
-        up1, norm, act, up2, _ = self.output_upscaling
+        up1, norm, act1, up2, act2 = self.output_upscaling
         x = upscale_2x(image.unflatten(1, (g, g)), up1)
-        x = act(norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))  # views: no copy either way
-        upscaled = act(upscale_2x(x, up2))
+        x = act1(norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))  # views: no copy either way
+        upscaled = act2(upscale_2x(x, up2))
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in
                                 enumerate(self.output_hypernetworks_mlps)], dim=1)  # (N, M+1, C/8)
         # each mask is its token's vector dotted with every pixel's features

@@ -927,7 +927,8 @@ def test_a_batch_leaves_out_an_image_without_targets():
     empty = (np.zeros_like(image), masks[:0])
     images, targets, index = train_toy.stack_samples([empty, (image, masks), empty], 3,
                                                      torch.Generator().manual_seed(0))
-    assert images.shape[0] == 1 and torch.equal(images[0], torch.from_numpy(image).permute(2, 0, 1).float())
+    assert images.shape[0] == 1
+    assert torch.equal(images[0], torch.from_numpy(image).permute(2, 0, 1).float())
     assert targets.shape == (3, *masks.shape[1:]) and index.tolist() == [0, 0, 0]
     assert all(any(np.array_equal(t, m) for m in masks) for t in targets.numpy())
 
@@ -986,12 +987,8 @@ def test_a_fresh_decoder_already_looks_up_positions(seed):
                          torch.ones(16, 1, dtype=torch.long))
         hook.remove()
         pixels, tokens, _ = seen["args"]  # queries (16, g*g, C), keys (16, T, C)
-
-        def heads(x):
-            return x.unflatten(-1, (attention.num_heads, -1)).transpose(1, 2)
-
-        q, k = heads(attention.q_proj(pixels)), heads(attention.k_proj(tokens))
-        weights = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1).mean(1)
+        weights = lessons_module("make_figures").attention_probabilities(
+            attention, pixels, tokens).mean(1)  # (16, g*g, T), averaged over heads
     on_click = weights[..., 1 + model.mask_decoder.num_mask_tokens]  # (16, g*g)
     centres = (torch.arange(g) + 0.5) * S / g
     yy, xx = torch.meshgrid(centres, centres, indexing="ij")
