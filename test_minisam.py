@@ -164,7 +164,10 @@ def test_preset_state_dict_equals_the_reference_builders(name):
 
 
 @pytest.mark.parametrize("cfg", PARITY_CONFIGS.values(), ids=PARITY_CONFIGS.keys())
-def test_image_encoder_and_dense_pe_match_reference(cfg):
+@pytest.mark.parametrize("chunk_bytes", [minisam.LOGITS_CHUNK_BYTES, 1],
+                         ids=["default_chunks", "one_row_of_one_head_per_chunk"])
+def test_image_encoder_and_dense_pe_match_reference(cfg, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(minisam, "LOGITS_CHUNK_BYTES", chunk_bytes)
     ours, theirs = twin_models(cfg)
     x = torch.rand(2, 3, cfg.image_size, cfg.image_size - 7) * 255  # needs padding on the right
     with torch.no_grad():
