@@ -675,6 +675,15 @@ def test_connected_components_equal_a_flood_fill(mask):
     assert np.array_equal(minisam.connected_components(mask), flood_fill_labels(mask))
 
 
+def test_connected_components_of_toy_error_regions_equal_a_flood_fill():
+    # what one toy mask gets wrong about another: rings, slivers, pieces touching at corners
+    _, masks, _ = train_toy.make_world(1)
+    errors = (masks[:, None] ^ masks[None]).reshape(-1, *masks.shape[1:])
+    assert len(errors) >= 12
+    for error in errors[:12]:
+        assert np.array_equal(minisam.connected_components(error), flood_fill_labels(error))
+
+
 @given(small_masks(10), st.integers(1, 12), st.sampled_from(["holes", "islands"]))
 def test_remove_small_regions_equals_reference(mask, area, mode):
     amg = reference_package().utils.amg
@@ -1031,6 +1040,23 @@ def test_a_few_steps_lower_the_loss_and_leave_everything_promised(tmp_path, tiny
     model = build_sam("toy", checkpoint=tmp_path / "ckpt.pt")  # our checkpoint format loads
     assert torch.equal(model.state_dict()["mask_decoder.iou_token.weight"],
                        state["model"]["mask_decoder.iou_token.weight"])
+
+
+def test_evaluation_in_batches_of_images_equals_one_batch(monkeypatch):
+    """evaluate() encodes and decodes a few images at a time (at 1024 px, all held-out masks at
+    once would not fit in memory); its metrics are over all targets, whatever the batches."""
+    torch.manual_seed(0)
+    model = Sam(CONFIGS["toy"])
+    seeds = range(10**6, 10**6 + 5)  # 30 targets, unevenly spread over the images
+    results = []
+    for images_per_batch in (2, 5):  # batches of 2, 2 and 1 images, then one of 5
+        monkeypatch.setattr(train_toy, "EVAL_IMAGES_PER_BATCH", images_per_batch)
+        results.append(train_toy.evaluate(model, seeds))
+    batched, whole = results
+    assert batched["box_miou"] > 0 and batched["targets"] == whole["targets"] == 30
+    for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r"):
+        assert batched[key] == pytest.approx(whole[key], abs=1e-6)
+    assert batched["miou_by_clicks"] == pytest.approx(whole["miou_by_clicks"], abs=1e-6)
 
 
 def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path, tiny_evaluation):
