@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -977,6 +978,22 @@ def test_interior_point_is_farthest_from_the_boundary():
     mask[0, 1:8, 1:4] = True  # a thin bar: depth 2 at most
     mask[0, 1:8, 5:12] = True  # a 7x7 square: its centre (8, 4) is 4 deep
     assert train_toy.interior_point(mask)[0].tolist() == [8.0, 4.0]
+
+
+@given(st.lists(small_masks(12), min_size=1, max_size=4).filter(
+    lambda ms: len({m.shape for m in ms}) == 1))
+def test_interior_point_survives_the_most_erosions(masks):
+    """The definition, by brute force: erode every mask with a 3x3 square (outside the image
+    counts as background) until nothing is left; the point is the first pixel, in raster
+    order, of those that survived the most rounds."""
+    masks = torch.from_numpy(np.stack(masks))
+    depth, current = torch.zeros(masks.shape), masks.float()[:, None]
+    while current.any():
+        depth += current[:, 0]
+        current = -F.max_pool2d(-F.pad(current, (1, 1, 1, 1)), 3, stride=1)
+    flat = depth.flatten(1).argmax(1)
+    expected = torch.stack([flat % masks.shape[-1], flat // masks.shape[-1]], dim=1).float()
+    assert torch.equal(train_toy.interior_point(masks), expected)
 
 
 @pytest.mark.parametrize("seed", range(3))
