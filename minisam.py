@@ -155,6 +155,10 @@ def relative_position_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: 
 # matmul on such chunks is as fast as PyTorch's fused attention kernel in float32, and about
 # three times faster in bfloat16 (README, "Speed").
 LOGITS_CHUNK_BYTES = 2 ** 22
+# The MLP's hidden layer, mlp_ratio times wider than the tokens, takes 50 MB per 1024-px image
+# in float32: above the 32 MB beyond which glibc maps every allocation afresh from the OS. So
+# the MLP runs on bands of grid rows, each with at most this many bytes of hidden layer.
+MLP_CHUNK_BYTES = 2 ** 24
 
 
 class EncoderAttention(nn.Module):
@@ -231,7 +235,12 @@ class Block(nn.Module):
         else:
             y = self.attn(y)
         x = x + y
-        return x + self.mlp(self.norm2(x))
+        row_bytes = x[:, 0].numel() // x.shape[-1] * self.mlp.lin1.out_features * x.element_size()
+        out = [band + self.mlp(self.norm2(band))
+               for band in x.split(max(1, MLP_CHUNK_BYTES // row_bytes), dim=1)]
+        # a single band (every toy input) is returned as it is: through cat, even one tensor
+        # changes the float order of the backward pass, and with it every trained toy number
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 class ImageEncoderViT(nn.Module):

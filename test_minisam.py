@@ -165,10 +165,12 @@ def test_preset_state_dict_equals_the_reference_builders(name):
 
 
 @pytest.mark.parametrize("cfg", PARITY_CONFIGS.values(), ids=PARITY_CONFIGS.keys())
-@pytest.mark.parametrize("chunk_bytes", [minisam.LOGITS_CHUNK_BYTES, 1],
-                         ids=["default_chunks", "one_row_of_one_head_per_chunk"])
-def test_image_encoder_and_dense_pe_match_reference(cfg, chunk_bytes, monkeypatch):
-    monkeypatch.setattr(minisam, "LOGITS_CHUNK_BYTES", chunk_bytes)
+@pytest.mark.parametrize("smallest_chunks", [False, True],
+                         ids=["default_chunks", "one_grid_row_per_chunk"])
+def test_image_encoder_and_dense_pe_match_reference(cfg, smallest_chunks, monkeypatch):
+    if smallest_chunks:  # attention: one row of queries of one head; MLP: one grid row
+        monkeypatch.setattr(minisam, "LOGITS_CHUNK_BYTES", 1)
+        monkeypatch.setattr(minisam, "MLP_CHUNK_BYTES", 1)
     ours, theirs = twin_models(cfg)
     x = torch.rand(2, 3, cfg.image_size, cfg.image_size - 7) * 255  # needs padding on the right
     with torch.no_grad():
