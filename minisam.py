@@ -238,8 +238,9 @@ class Block(nn.Module):
         row_bytes = x[:, 0].numel() // x.shape[-1] * self.mlp.lin1.out_features * x.element_size()
         out = [band + self.mlp(self.norm2(band))
                for band in x.split(max(1, MLP_CHUNK_BYTES // row_bytes), dim=1)]
-        # a single band (every toy input) is returned as it is: through cat, even one tensor
-        # changes the float order of the backward pass, and with it every trained toy number
+        # a single band (the toy's, at train_toy's batch sizes) is returned as it is: through
+        # cat, even one tensor changes the float order of the backward pass, and with it every
+        # trained toy number
         return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
