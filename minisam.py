@@ -235,7 +235,9 @@ class Block(nn.Module):
         else:
             y = self.attn(y)
         x = x + y
-        row_bytes = x[:, 0].numel() // x.shape[-1] * self.mlp.lin1.out_features * x.element_size()
+        B, _, w, _ = x.shape
+        # bytes of hidden layer per grid row
+        row_bytes = B * w * self.mlp.lin1.out_features * x.element_size()
         out = [band + self.mlp(self.norm2(band))
                for band in x.split(max(1, MLP_CHUNK_BYTES // row_bytes), dim=1)]
         # a single band (the toy's, at train_toy's batch sizes) is returned as it is: through
