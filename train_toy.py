@@ -472,13 +472,13 @@ def make_figures(model: minisam.Sam, metrics: dict, history: list, out: Path) ->
     plt.close(fig)
 
     predictor = minisam.SamPredictor(model)
-    fig, axes = plt.subplots(4, 5, figsize=(12, 10))
+    fig, axes = plt.subplots(4, 6, figsize=(14.4, 10))
     for row, seed in zip(axes, list(EVAL_SEEDS)[:4]):
         image, masks = make_sample(seed, model.config.image_size)
         predictor.set_image(image)
         target = masks[len(masks) // 2]
         x, y = interior_point(torch.from_numpy(target)[None])[0].tolist()
-        masks3, ious, _ = predictor.predict(np.array([[x, y]]), np.array([1]))
+        masks3, ious, low_res3 = predictor.predict(np.array([[x, y]]), np.array([1]))
         box = minisam.batched_mask_to_box(torch.from_numpy(target)).tolist()
         box_mask, box_iou_pred, _ = predictor.predict(box=np.array(box), multimask_output=False)
         row[0].imshow(image)
@@ -494,10 +494,29 @@ def make_figures(model: minisam.Sam, metrics: dict, history: list, out: Path) ->
         x0, y0, x1, y1 = box
         row[4].add_patch(matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
                                                       color="lime"))
-        row[4].set_title(f"box, IoU {box_iou_pred[0]:.2f}")
+        row[4].set_title(f"box, predicted IoU {box_iou_pred[0]:.2f}")
+        # the interactive protocol of `evaluate`: two corrective clicks after the first, each
+        # at the middle of the largest error, the previous low-res logits fed back
+        best = ious.argmax()
+        mask, low_res, points, labels = masks3[best], low_res3[best][None], [[x, y]], [1]
+        for _ in range(2):
+            click, label = largest_error_click(torch.from_numpy(mask)[None],
+                                               torch.from_numpy(target)[None])
+            points.append(click[0].tolist())
+            labels.append(int(label[0]))
+            mask, _, low_res = predictor.predict(np.array(points), np.array(labels),
+                                                 mask_input=low_res, multimask_output=False)
+            mask = mask[0]
+        row[5].imshow(image)
+        row[5].imshow(np.ma.masked_where(~mask, mask), alpha=0.55, cmap="autumn")
+        for (px, py), fg in zip(points, labels):
+            row[5].plot([px], [py], "o", color="lime" if fg else "red", markeredgecolor="k")
+        iou = mask_iou(torch.from_numpy(mask), torch.from_numpy(target)).item()
+        row[5].set_title(f"3 clicks, true IoU {iou:.2f}")
         for ax in row:
             ax.axis("off")
-    fig.suptitle("held-out images: one click -> three masks (whole / part / subpart); a box")
+    fig.suptitle("held-out images: one click -> three masks (whole / part / subpart); a box; "
+                 "two more clicks (green: foreground, red: background)")
     fig.tight_layout()
     fig.savefig(out / "gallery.png", dpi=100)
     plt.close(fig)
