@@ -454,7 +454,8 @@ def miou_vs_clicks(path: Path) -> None:
 
 @figure
 def one_click_three_masks(path: Path) -> None:
-    """train_toy.py's gallery: one click, three masks and their predicted IoUs; a box."""
+    """train_toy.py's gallery: one click, three masks and their predicted IoUs; a box; two
+    corrective clicks."""
     _copy_training_figure("gallery.png", path)
 
 
