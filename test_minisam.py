@@ -982,6 +982,34 @@ def test_interior_point_is_farthest_from_the_boundary():
     assert train_toy.interior_point(mask)[0].tolist() == [8.0, 4.0]
 
 
+def test_a_click_is_ambiguous_when_another_mask_of_its_image_contains_it():
+    whole = torch.zeros(12, 12, dtype=torch.bool)
+    whole[1:11, 1:11] = True
+    part = torch.zeros_like(whole)
+    part[3:8, 3:8] = True
+    apart = torch.zeros_like(whole)
+    apart[0:2, 0:12] = True  # overlaps the whole, but not at either click below
+    # image 0: a whole and its part; image 1: the same whole alone, and a mask beside it
+    targets = torch.stack([whole, part, whole, apart])
+    index = torch.tensor([0, 0, 1, 1])
+    clicks = torch.tensor([[5.0, 5.0], [5.0, 5.0], [5.0, 5.0], [6.0, 0.0]])  # (x, y)
+    # the whole's and the part's clicks lie in both; image 1's masks are in another image
+    # from the part, and the strip's click (6, 0) lies outside image 1's whole
+    assert train_toy.ambiguous_clicks(targets, index, clicks).tolist() == [True, True, False,
+                                                                           False]
+
+
+def test_held_out_parts_have_ambiguous_clicks():
+    """On the toy world: the click of any mask with a parent lies in that parent too."""
+    for seed in list(train_toy.EVAL_SEEDS)[:8]:
+        _, masks, parents = train_toy.make_world(seed)
+        masks = torch.from_numpy(masks)
+        clicks = train_toy.interior_point(masks)
+        ambiguous = train_toy.ambiguous_clicks(masks, torch.zeros(len(masks), dtype=torch.long),
+                                               clicks)
+        assert ambiguous[torch.from_numpy(parents) >= 0].all()
+
+
 @given(st.lists(small_masks(12), min_size=1, max_size=4).filter(
     lambda ms: len({m.shape for m in ms}) == 1))
 def test_interior_point_survives_the_most_erosions(masks):
@@ -1035,16 +1063,11 @@ def train(out, *flags):
     return torch.load(out / "ckpt.pt", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def tiny_evaluation(monkeypatch_module):
-    # a few held-out images keep the end-of-run evaluation and figures fast in tests
-    monkeypatch_module.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 3))
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
+@pytest.fixture
+def tiny_evaluation(monkeypatch):
+    # a few held-out images keep the end-of-run evaluation and figures fast in tests; undone
+    # after each test, so later tests (the lessons) see every held-out image
+    monkeypatch.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 3))
 
 
 def test_a_few_steps_lower_the_loss_and_leave_everything_promised(tmp_path, tiny_evaluation):
@@ -1073,8 +1096,10 @@ def test_evaluation_in_batches_of_images_equals_one_batch(monkeypatch):
         results.append(train_toy.evaluate(model, seeds))
     batched, whole = results
     assert batched["box_miou"] > 0 and batched["targets"] == whole["targets"] == 30
-    for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r"):
+    for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r",
+                "one_click_miou_unambiguous", "iou_head_pearson_r_unambiguous"):
         assert batched[key] == pytest.approx(whole[key], abs=1e-6)
+    assert batched["unambiguous_targets"] == whole["unambiguous_targets"]
     assert batched["miou_by_clicks"] == pytest.approx(whole["miou_by_clicks"], abs=1e-6)
 
 

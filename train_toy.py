@@ -364,6 +364,17 @@ def largest_error_click(prediction: torch.Tensor, target: torch.Tensor):
     return points, label.long()
 
 
+def ambiguous_clicks(targets: torch.Tensor, image_index: torch.Tensor, clicks: torch.Tensor):
+    """targets (N, H, W) bool, image_index (N,), clicks (N, 2) (x, y), one per target ->
+    (N,) bool: the click also lies in another target of the same image (a part's click lies
+    in its whole), so it has more than one right answer."""
+    x, y = clicks.long().unbind(1)
+    contains = targets[:, y, x].T  # (N, N): [n, j] = target j contains target n's click
+    same_image = image_index[:, None] == image_index[None]
+    others = same_image & ~torch.eye(len(targets), dtype=torch.bool)
+    return (contains & others).any(1)
+
+
 def decode(model: minisam.Sam, embeddings, points=None, labels=None, boxes=None,
            mask_prompt=None, multimask=False):
     """One decoder call for N prompt rows at the model's input size, each row with its own
@@ -387,19 +398,30 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
     model.eval()
     batches = [_evaluate_images(model, seeds[i:i + EVAL_IMAGES_PER_BATCH], max_clicks)
                for i in range(0, len(seeds), EVAL_IMAGES_PER_BATCH)]
-    box_iou, iou_pred, actual, by_clicks = (torch.cat(t) for t in zip(*batches))
-    pearson = np.corrcoef(iou_pred.flatten().numpy(), actual.flatten().numpy())[0, 1]
-    return {"targets": len(box_iou), "box_miou": box_iou.mean().item(),
-            "one_click_oracle_miou": actual.amax(1).mean().item(),
-            "one_click_miou": by_clicks[:, 0].mean().item(),
-            "miou_by_clicks": by_clicks.mean(0).tolist(),
-            "iou_head_pearson_r": float(pearson)}
+    box_iou, iou_pred, actual, by_clicks, ambiguous = (torch.cat(t) for t in zip(*batches))
+
+    def pearson(rows):
+        return float(np.corrcoef(iou_pred[rows].flatten().numpy(),
+                                 actual[rows].flatten().numpy())[0, 1])
+
+    metrics = {"targets": len(box_iou), "box_miou": box_iou.mean().item(),
+               "one_click_oracle_miou": actual.amax(1).mean().item(),
+               "one_click_miou": by_clicks[:, 0].mean().item(),
+               "miou_by_clicks": by_clicks.mean(0).tolist(),
+               "iou_head_pearson_r": pearson(slice(None)),
+               "unambiguous_targets": int((~ambiguous).sum())}
+    # the IoU head's two scores where one click has only one right answer (lesson 5, "What
+    # the IoU head can know"); elsewhere they also measure the click's ambiguity
+    if (~ambiguous).sum() > 1:
+        metrics["one_click_miou_unambiguous"] = by_clicks[~ambiguous, 0].mean().item()
+        metrics["iou_head_pearson_r_unambiguous"] = pearson(~ambiguous)
+    return metrics
 
 
 def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
     """Every target of the images `seeds`, N in all: box IoU (N,), the 1-click IoU
-    predictions and actual IoUs of the 3 masks (N, 3), and IoU after 1..max_clicks clicks
-    (N, max_clicks)."""
+    predictions and actual IoUs of the 3 masks (N, 3), IoU after 1..max_clicks clicks
+    (N, max_clicks), and whether each target's first click is ambiguous (N,)."""
     S = model.config.image_size
     images, targets, index = [], [], []
     for i, seed in enumerate(seeds):
@@ -415,6 +437,7 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
     box_iou = mask_iou(masks[:, 0], targets)
 
     click = interior_point(targets)
+    ambiguous = ambiguous_clicks(targets, index, click)
     points, labels = click[:, None], torch.ones(len(targets), 1, dtype=torch.long)
     masks, iou_pred, low_res = decode(model, embeddings, points, labels, multimask=True)
     actual = mask_iou(masks, targets[:, None])  # (N, 3)
@@ -431,7 +454,7 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
         masks, _, mask_prompt = decode(model, embeddings, points, labels, mask_prompt=mask_prompt)
         prediction = masks[:, 0]
         by_clicks.append(mask_iou(prediction, targets))
-    return box_iou, iou_pred, actual, torch.stack(by_clicks, dim=1)
+    return box_iou, iou_pred, actual, torch.stack(by_clicks, dim=1), ambiguous
 
 
 # -----------------------------------------------------------------------------
@@ -665,9 +688,13 @@ def main(argv=None):
                                      for h in history if "box_miou" in h]
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"\nheld-out evaluation ({metrics['targets']} targets on {len(EVAL_SEEDS)} images)")
-        for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r"):
-            print(f"  {key:<24} {metrics[key]:.3f}")
-        print("  mIoU after 1..9 clicks  " + " ".join(f"{v:.3f}" for v in metrics["miou_by_clicks"]))
+        for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r",
+                    "one_click_miou_unambiguous", "iou_head_pearson_r_unambiguous"):
+            print(f"  {key:<30} {metrics.get(key, float('nan')):.3f}")
+        print(f"  (unambiguous: the {metrics['unambiguous_targets']} targets whose click lies "
+              "in no other valid mask)")
+        print(f"  {'mIoU after 1..9 clicks':<30} "
+              + " ".join(f"{v:.3f}" for v in metrics["miou_by_clicks"]))
         make_figures(model, metrics, history, args.out)
         print(f"wrote {ckpt_path}, {args.out / 'metrics.json'} and figures in {args.out}/")
     if world > 1:
