@@ -982,21 +982,43 @@ def test_interior_point_is_farthest_from_the_boundary():
     assert train_toy.interior_point(mask)[0].tolist() == [8.0, 4.0]
 
 
-def test_a_click_is_ambiguous_when_another_mask_of_its_image_contains_it():
+def nested_squares():
+    """Image 0: a 10x10 whole and a 5x5 part in it, both clicked at the part's middle; image 1:
+    the same whole, and a strip along the top edge clicked outside the whole."""
     whole = torch.zeros(12, 12, dtype=torch.bool)
     whole[1:11, 1:11] = True
     part = torch.zeros_like(whole)
     part[3:8, 3:8] = True
-    apart = torch.zeros_like(whole)
-    apart[0:2, 0:12] = True  # overlaps the whole, but not at either click below
-    # image 0: a whole and its part; image 1: the same whole alone, and a mask beside it
-    targets = torch.stack([whole, part, whole, apart])
-    index = torch.tensor([0, 0, 1, 1])
+    strip = torch.zeros_like(whole)
+    strip[0:2, 0:12] = True  # overlaps the whole, but not at either click
+    targets, index = torch.stack([whole, part, whole, strip]), torch.tensor([0, 0, 1, 1])
     clicks = torch.tensor([[5.0, 5.0], [5.0, 5.0], [5.0, 5.0], [6.0, 0.0]])  # (x, y)
-    # the whole's and the part's clicks lie in both; image 1's masks are in another image
-    # from the part, and the strip's click (6, 0) lies outside image 1's whole
-    assert train_toy.ambiguous_clicks(targets, index, clicks).tolist() == [True, True, False,
-                                                                           False]
+    return targets, index, clicks
+
+
+def test_a_click_is_valid_for_every_mask_of_its_image_that_contains_it():
+    targets, index, clicks = nested_squares()
+    valid = train_toy.valid_at_clicks(targets, index, clicks)
+    # the whole's and the part's clicks lie in both; image 1's whole also contains that
+    # point, but belongs to another image; the strip's click (6, 0) is outside image 1's whole
+    assert valid.int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+
+
+def test_expected_iou_weighs_the_masks_a_click_may_mean_by_one_over_area():
+    targets, index, clicks = nested_squares()
+    whole, part, _, strip = targets
+    empty = torch.zeros_like(whole)
+    masks = torch.stack([torch.stack([whole, part, empty]), torch.stack([part, whole, empty]),
+                         torch.stack([whole, strip, empty]), torch.stack([strip, whole, empty])])
+    expected = train_toy.expected_iou(masks, targets, train_toy.valid_at_clicks(targets, index,
+                                                                                clicks))
+    # the part's click means the part (area 25) with odds 1/25 and the whole (100) with 1/100;
+    # the part as output: (1 * 1/25 + 0.25 * 1/100) / (1/25 + 1/100) = 0.85
+    assert expected[1].tolist() == pytest.approx([0.85, 0.4, 0.0])
+    assert expected[0].tolist() == pytest.approx([0.4, 0.85, 0.0])
+    # a click with one right answer: the expected IoU is the actual one
+    for n in (2, 3):
+        assert torch.allclose(expected[n], minisam.mask_iou(masks[n], targets[n][None]))
 
 
 def test_held_out_parts_have_ambiguous_clicks():
@@ -1004,10 +1026,9 @@ def test_held_out_parts_have_ambiguous_clicks():
     for seed in list(train_toy.EVAL_SEEDS)[:8]:
         _, masks, parents = train_toy.make_world(seed)
         masks = torch.from_numpy(masks)
-        clicks = train_toy.interior_point(masks)
-        ambiguous = train_toy.ambiguous_clicks(masks, torch.zeros(len(masks), dtype=torch.long),
-                                               clicks)
-        assert ambiguous[torch.from_numpy(parents) >= 0].all()
+        valid = train_toy.valid_at_clicks(masks, torch.zeros(len(masks), dtype=torch.long),
+                                          train_toy.interior_point(masks))
+        assert all(valid[k, parent] for k, parent in enumerate(parents) if parent >= 0)
 
 
 @given(st.lists(small_masks(12), min_size=1, max_size=4).filter(
@@ -1097,7 +1118,8 @@ def test_evaluation_in_batches_of_images_equals_one_batch(monkeypatch):
     batched, whole = results
     assert batched["box_miou"] > 0 and batched["targets"] == whole["targets"] == 30
     for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r",
-                "one_click_miou_unambiguous", "iou_head_pearson_r_unambiguous"):
+                "one_click_miou_unambiguous", "iou_head_pearson_r_unambiguous",
+                "one_click_miou_ideal_head", "iou_head_pearson_r_ideal"):
         assert batched[key] == pytest.approx(whole[key], abs=1e-6)
     assert batched["unambiguous_targets"] == whole["unambiguous_targets"]
     assert batched["miou_by_clicks"] == pytest.approx(whole["miou_by_clicks"], abs=1e-6)

@@ -364,15 +364,25 @@ def largest_error_click(prediction: torch.Tensor, target: torch.Tensor):
     return points, label.long()
 
 
-def ambiguous_clicks(targets: torch.Tensor, image_index: torch.Tensor, clicks: torch.Tensor):
+def valid_at_clicks(targets: torch.Tensor, image_index: torch.Tensor, clicks: torch.Tensor):
     """targets (N, H, W) bool, image_index (N,), clicks (N, 2) (x, y), one per target ->
-    (N,) bool: the click also lies in another target of the same image (a part's click lies
-    in its whole), so it has more than one right answer."""
+    (N, N) bool: [n, j] = target j is in the same image as target n and contains its click,
+    so it is a right answer to that click too (a part's click lies in its whole)."""
     x, y = clicks.long().unbind(1)
-    contains = targets[:, y, x].T  # (N, N): [n, j] = target j contains target n's click
-    same_image = image_index[:, None] == image_index[None]
-    others = same_image & ~torch.eye(len(targets), dtype=torch.bool)
-    return (contains & others).any(1)
+    return targets[:, y, x].T & (image_index[:, None] == image_index[None])
+
+
+def expected_iou(masks: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor):
+    """masks (N, M, H, W) the outputs for each target's click, targets (N, H, W), valid (N, N)
+    from `valid_at_clicks` -> (N, M): each output's IoU averaged over the masks its click may
+    have meant, at the odds the training teaches (a target drawn uniformly, its click uniformly
+    inside it: odds 1 / area). This is what the IoU head's squared error makes it predict at
+    best, here computed from the hidden truth (lesson 5, "What the IoU head can know")."""
+    n, j = valid.nonzero().unbind(1)  # (P,): target n's click lies in target j
+    odds = 1.0 / targets[j].flatten(1).sum(1)  # (P,)
+    ious = mask_iou(masks[n], targets[j][:, None])  # (P, M)
+    total = torch.zeros(masks.shape[:2]).index_add_(0, n, ious * odds[:, None])
+    return total / torch.zeros(len(masks)).index_add_(0, n, odds)[:, None]
 
 
 def decode(model: minisam.Sam, embeddings, points=None, labels=None, boxes=None,
@@ -398,30 +408,36 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
     model.eval()
     batches = [_evaluate_images(model, seeds[i:i + EVAL_IMAGES_PER_BATCH], max_clicks)
                for i in range(0, len(seeds), EVAL_IMAGES_PER_BATCH)]
-    box_iou, iou_pred, actual, by_clicks, ambiguous = (torch.cat(t) for t in zip(*batches))
+    box_iou, iou_pred, actual, by_clicks, ambiguous, expected = (torch.cat(t) for t in zip(*batches))
 
-    def pearson(rows):
-        return float(np.corrcoef(iou_pred[rows].flatten().numpy(),
+    def pearson(prediction, rows=slice(None)):
+        return float(np.corrcoef(prediction[rows].flatten().numpy(),
                                  actual[rows].flatten().numpy())[0, 1])
 
+    rows = torch.arange(len(actual))
     metrics = {"targets": len(box_iou), "box_miou": box_iou.mean().item(),
                "one_click_oracle_miou": actual.amax(1).mean().item(),
                "one_click_miou": by_clicks[:, 0].mean().item(),
                "miou_by_clicks": by_clicks.mean(0).tolist(),
-               "iou_head_pearson_r": pearson(slice(None)),
+               "iou_head_pearson_r": pearson(iou_pred),
+               # the same two scores for a head that predicted the expected IoU exactly: the
+               # most the IoU head can learn, given these masks and the clicks' ambiguity
+               "one_click_miou_ideal_head": actual[rows, expected.argmax(1)].mean().item(),
+               "iou_head_pearson_r_ideal": pearson(expected),
                "unambiguous_targets": int((~ambiguous).sum())}
     # the IoU head's two scores where one click has only one right answer (lesson 5, "What
     # the IoU head can know"); elsewhere they also measure the click's ambiguity
     if (~ambiguous).sum() > 1:
         metrics["one_click_miou_unambiguous"] = by_clicks[~ambiguous, 0].mean().item()
-        metrics["iou_head_pearson_r_unambiguous"] = pearson(~ambiguous)
+        metrics["iou_head_pearson_r_unambiguous"] = pearson(iou_pred, ~ambiguous)
     return metrics
 
 
 def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
     """Every target of the images `seeds`, N in all: box IoU (N,), the 1-click IoU
     predictions and actual IoUs of the 3 masks (N, 3), IoU after 1..max_clicks clicks
-    (N, max_clicks), and whether each target's first click is ambiguous (N,)."""
+    (N, max_clicks), whether each target's first click is ambiguous (N,), and the 3 masks'
+    expected IoUs (N, 3), the best the IoU head can predict."""
     S = model.config.image_size
     images, targets, index = [], [], []
     for i, seed in enumerate(seeds):
@@ -437,10 +453,11 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
     box_iou = mask_iou(masks[:, 0], targets)
 
     click = interior_point(targets)
-    ambiguous = ambiguous_clicks(targets, index, click)
     points, labels = click[:, None], torch.ones(len(targets), 1, dtype=torch.long)
     masks, iou_pred, low_res = decode(model, embeddings, points, labels, multimask=True)
     actual = mask_iou(masks, targets[:, None])  # (N, 3)
+    valid = valid_at_clicks(targets, index, click)
+    ambiguous, expected = valid.sum(1) > 1, expected_iou(masks, targets, valid)
     chosen = iou_pred.argmax(1)
     rows = torch.arange(len(targets))
 
@@ -454,7 +471,7 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
         masks, _, mask_prompt = decode(model, embeddings, points, labels, mask_prompt=mask_prompt)
         prediction = masks[:, 0]
         by_clicks.append(mask_iou(prediction, targets))
-    return box_iou, iou_pred, actual, torch.stack(by_clicks, dim=1), ambiguous
+    return box_iou, iou_pred, actual, torch.stack(by_clicks, dim=1), ambiguous, expected
 
 
 # -----------------------------------------------------------------------------
@@ -689,6 +706,7 @@ def main(argv=None):
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"\nheld-out evaluation ({metrics['targets']} targets on {len(EVAL_SEEDS)} images)")
         for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r",
+                    "one_click_miou_ideal_head", "iou_head_pearson_r_ideal",
                     "one_click_miou_unambiguous", "iou_head_pearson_r_unambiguous"):
             print(f"  {key:<30} {metrics.get(key, float('nan')):.3f}")
         print(f"  (unambiguous: the {metrics['unambiguous_targets']} targets whose click lies "
