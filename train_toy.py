@@ -408,11 +408,12 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
     model.eval()
     batches = [_evaluate_images(model, seeds[i:i + EVAL_IMAGES_PER_BATCH], max_clicks)
                for i in range(0, len(seeds), EVAL_IMAGES_PER_BATCH)]
-    box_iou, iou_pred, actual, by_clicks, ambiguous, expected = (torch.cat(t) for t in zip(*batches))
+    box_iou, iou_pred, actual, by_clicks, ambiguous, expected = (torch.cat(t)
+                                                                  for t in zip(*batches))
 
-    def pearson(prediction, rows=slice(None)):
-        return float(np.corrcoef(prediction[rows].flatten().numpy(),
-                                 actual[rows].flatten().numpy())[0, 1])
+    def pearson(prediction, subset=slice(None)):
+        return float(np.corrcoef(prediction[subset].flatten().numpy(),
+                                 actual[subset].flatten().numpy())[0, 1])
 
     rows = torch.arange(len(actual))
     metrics = {"targets": len(box_iou), "box_miou": box_iou.mean().item(),
@@ -420,8 +421,8 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
                "one_click_miou": by_clicks[:, 0].mean().item(),
                "miou_by_clicks": by_clicks.mean(0).tolist(),
                "iou_head_pearson_r": pearson(iou_pred),
-               # the same two scores for a head that predicted the expected IoU exactly: the
-               # most the IoU head can learn, given these masks and the clicks' ambiguity
+               # the same two scores for a head that predicted the expected IoU exactly, what
+               # its squared error trains it towards, given these masks and the ambiguity
                "one_click_miou_ideal_head": actual[rows, expected.argmax(1)].mean().item(),
                "iou_head_pearson_r_ideal": pearson(expected),
                "unambiguous_targets": int((~ambiguous).sum())}
