@@ -438,7 +438,7 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
     """Every target of the images `seeds`, N in all: box IoU (N,), the 1-click IoU
     predictions and actual IoUs of the 3 masks (N, 3), IoU after 1..max_clicks clicks
     (N, max_clicks), whether each target's first click is ambiguous (N,), and the 3 masks'
-    expected IoUs (N, 3), the best the IoU head can predict."""
+    expected IoUs (N, 3), what the IoU head is trained towards."""
     S = model.config.image_size
     images, targets, index = [], [], []
     for i, seed in enumerate(seeds):
