@@ -91,7 +91,7 @@ def main():
     # toy training throughput: the default step of `python train_toy.py`
     flags = parse_training_args([])
     model = Sam(CONFIGS["toy"])
-    trainer = InteractiveTraining(model, iterations=flags.iters)
+    trainer = InteractiveTraining(model, flags.iters, flags.no_click_passes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step(step=[0]):

@@ -975,6 +975,24 @@ def test_first_click_lies_in_the_target_and_box_noise_is_bounded(mask, seed):
     assert (noisy - tight).abs().max() <= 1.5 + 1e-6
 
 
+@pytest.mark.parametrize("iterations, no_click_passes", [(3, 0), (5, 2), (5, 1), (11, 2)])
+def test_every_pass_but_the_first_and_the_no_click_ones_adds_a_click(iterations, no_click_passes,
+                                                                     monkeypatch):
+    clicks, corrective_click = [], train_toy.corrective_click
+
+    def counted(prediction, target, generator):
+        points, labels = corrective_click(prediction, target, generator)
+        clicks.append(len(points))
+        return points, labels
+
+    monkeypatch.setattr(train_toy, "corrective_click", counted)
+    torch.manual_seed(0)
+    trainer = train_toy.InteractiveTraining(Sam(CONFIGS["toy"]), iterations, no_click_passes)
+    images, targets, index, generator = train_toy.training_batch(0, 0, 0, 2, 2, 64)
+    trainer(images, targets, index, generator)
+    assert clicks == [len(targets)] * (iterations - 1 - no_click_passes)
+
+
 def test_interior_point_is_farthest_from_the_boundary():
     mask = torch.zeros(1, 9, 12, dtype=torch.bool)
     mask[0, 1:8, 1:4] = True  # a thin bar: depth 2 at most
@@ -1182,7 +1200,8 @@ def test_data_parallel_run_on_two_cpu_processes(tmp_path):
 
 def test_bad_flags_are_argparse_errors(capsys):
     for flags in (["--steps", "0"], ["--config", "vit_x"], ["--lr", "-1"], ["--device", "gpu9"],
-                  ["--steps", "ten"]):
+                  ["--steps", "ten"], ["--no-click-passes", "3"],
+                  ["--iters", "2", "--no-click-passes", "2"]):
         with pytest.raises(SystemExit) as err:
             train_toy.parse_args(flags)
         assert err.value.code == 2

@@ -88,8 +88,8 @@ MATCH_IOU = 0.5  # stage 3: a generated mask is "right" if it overlaps a true ma
 def _hyper_parameters():
     """train_toy's defaults (its argparse), so the two stay in step when they are retuned."""
     defaults = train_toy.parse_args([])
-    return {k: getattr(defaults, k) for k in ("iters", "images_per_step", "targets_per_image",
-                                              "lr", "warmup")}
+    return {k: getattr(defaults, k) for k in ("iters", "no_click_passes", "images_per_step",
+                                              "targets_per_image", "lr", "warmup")}
 
 
 def train_on_labels(model: minisam.Sam, labelled: list, steps: int, seed: int,
@@ -102,7 +102,7 @@ def train_on_labels(model: minisam.Sam, labelled: list, steps: int, seed: int,
     warmup = hp["warmup"] if warmup is None else warmup
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], betas=(0.9, 0.999),
                                   weight_decay=0.1)
-    trainer = InteractiveTraining(model, hp["iters"])
+    trainer = InteractiveTraining(model, hp["iters"], hp["no_click_passes"])
     model.train()
     losses, start = [], time.time()
     for step in range(steps):
