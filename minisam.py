@@ -811,15 +811,16 @@ class ResizeLongestSide:
         return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
 
-def _finite_array(name: str, value, shape_text: str, ndim: int, last: Optional[int]) -> np.ndarray:
-    """A prompt argument as a float array of the documented shape, or a ValueError/TypeError
-    that names the argument and says what was expected."""
+def _finite_array(name: str, value, shape_text: str, ndim: Optional[int],
+                  last: Optional[int]) -> np.ndarray:
+    """A prompt argument as a float array of the documented shape (ndim None: any), or a
+    ValueError/TypeError that names the argument and says what was expected."""
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a numeric array of shape {shape_text}, got "
                         f"{type(value).__name__}") from e
-    if array.ndim != ndim or (last is not None and array.shape[-1] != last):
+    if (ndim is not None and array.ndim != ndim) or (last is not None and array.shape[-1] != last):
         raise ValueError(f"{name} must have shape {shape_text}, got {array.shape}")
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got NaN or inf in {array.tolist()}")
@@ -916,7 +917,8 @@ class SamPredictor:
             coords = _finite_array("point_coords", point_coords, "(N, 2)", 2, 2)
             labels = _finite_array("point_labels", point_labels, "(N,)", 1, None)
             if len(labels) != len(coords):
-                raise ValueError(f"point_labels has {len(labels)} labels for {len(coords)} points")
+                raise ValueError(f"point_labels has {len(labels)} labels for the {len(coords)} "
+                                 "points of point_coords")
             if not np.isin(labels, (0, 1)).all():
                 raise ValueError(f"point_labels must be 0 (background) or 1 (foreground), "
                                  f"got {np.unique(labels).tolist()}")
@@ -928,8 +930,10 @@ class SamPredictor:
                                      dtype=torch.float, device=self.device)[None]
             labels = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            box = _finite_array("box", np.reshape(box, -1) if np.size(box) == 4 else box,
-                                "(4,) as x0, y0, x1, y1", 1, 4)
+            box = _finite_array("box", box, "(4,) as x0, y0, x1, y1", None, None)
+            if box.size != 4:  # (1, 4), the shape of a batch of one, is taken too
+                raise ValueError(f"box must have shape (4,) as x0, y0, x1, y1, got {box.shape}")
+            box = box.reshape(-1)
             if box[0] > box[2] or box[1] > box[3]:
                 raise ValueError(f"box must have x0 <= x1 and y0 <= y1, got {box.tolist()}")
             boxes = torch.as_tensor(self.transform.apply_boxes(box, self.original_size),
@@ -1190,7 +1194,8 @@ class SamAutomaticMaskGenerator:
                 ("crop_nms_thresh", crop_nms_thresh, 0, 1),
                 ("crop_overlap_ratio", crop_overlap_ratio, 0, 1),
                 ("min_mask_region_area", min_mask_region_area, 0, math.inf)):
-            if not isinstance(value, (int, float)) or not low <= value <= high:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not low <= value <= high:
                 raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
         if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
             raise ValueError("output_mode must be 'binary_mask', 'uncompressed_rle' or "
@@ -1199,11 +1204,22 @@ class SamAutomaticMaskGenerator:
             raise ImportError("output_mode='coco_rle' needs pycocotools (pip install "
                               "pycocotools); 'uncompressed_rle' needs nothing")
         if points_per_side is not None:
-            if not isinstance(points_per_side, int) or points_per_side < 1:
+            if not isinstance(points_per_side, int) or isinstance(points_per_side, bool) \
+                    or points_per_side < 1:
                 raise ValueError(f"points_per_side must be a positive integer, got "
                                  f"{points_per_side!r}")
+            # each crop layer's grid has points_per_side / factor**layer points per side
+            if points_per_side < crop_n_points_downscale_factor ** crop_n_layers:
+                raise ValueError(
+                    f"points_per_side={points_per_side} leaves no points in crop layer "
+                    f"{crop_n_layers} with crop_n_points_downscale_factor="
+                    f"{crop_n_points_downscale_factor}: it must be at least "
+                    f"{crop_n_points_downscale_factor ** crop_n_layers}")
             point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
                                                       crop_n_points_downscale_factor)
+        if not isinstance(point_grids, (list, tuple)):
+            raise TypeError(f"point_grids must be a list of (N, 2) arrays, one per crop layer, "
+                            f"got {type(point_grids).__name__}")
         if len(point_grids) != crop_n_layers + 1:
             raise ValueError(f"point_grids must hold one grid per crop layer "
                              f"({crop_n_layers + 1}), got {len(point_grids)}")
@@ -1211,6 +1227,8 @@ class SamAutomaticMaskGenerator:
             grid = _finite_array("point_grids[i]", grid, "(N, 2) in [0, 1]", 2, 2)
             if (grid < 0).any() or (grid > 1).any():
                 raise ValueError("point_grids hold coordinates normalised to [0, 1]")
+            if len(grid) == 0:
+                raise ValueError("every grid in point_grids needs at least one point")
         self.predictor = SamPredictor(model)
         self.point_grids = point_grids
         self.points_per_batch = points_per_batch

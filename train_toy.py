@@ -658,6 +658,9 @@ def main(argv=None):
         model = minisam.build_sam(config, checkpoint=ckpt_path)  # checks the file fits config
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         step, history = state["step"], state["history"]
+        if args.resume and state["seed"] != args.seed:  # the seed picks every batch
+            raise SystemExit(f"{ckpt_path} was trained with --seed {state['seed']}; resuming "
+                             f"with --seed {args.seed} would draw other batches")
     else:
         torch.manual_seed(args.seed)  # the initial weights
         model = minisam.Sam(config)

@@ -414,8 +414,8 @@ def _copy_training_figure(name: str, path: Path) -> None:
 @figure
 def simulated_annotation(path: Path) -> None:
     """A held-out target through five passes of the training loop's simulated annotator:
-    a first click, two corrective clicks, two passes with no new click, each pass fed the
-    previous logits (train_toy.InteractiveTraining, with the no-click passes at the end)."""
+    a first click, two corrective clicks, then the two passes with no new click that
+    `--no-click-passes 2` adds (both at the end here), each pass fed the previous logits."""
     model = trained_model()
     image, masks, parents = train_toy.make_world(train_toy.EVAL_SEEDS[1])
     target = torch.from_numpy(masks[np.argmax(parents >= 0)])[None]  # a part: ambiguous
