@@ -1450,6 +1450,12 @@ def test_data_engine_annotator_accepts_only_good_masks_and_counts_clicks():
     assert (ious >= 0.6).all()
     assert data_engine.annotation_cost([r]) == {"clicks_per_mask": 12 / 2, "masks": 2,
                                                 "masks_per_image": 2.0, "accepted_fraction": 0.4}
+    # with the brush, the same clicks, and the masks given up on are labelled with the truth
+    brushed = data_engine.annotate(model, [image], [truth], click_budget=3, accept_iou=0.6,
+                                   brush=True)[0]
+    assert brushed["clicks"].tolist() == r["clicks"].tolist()
+    assert brushed["accepted"].tolist() == r["accepted"].tolist()
+    assert np.array_equal(brushed["masks"], np.concatenate([r["masks"], truth[2:]]))
     # with a budget of one click, every mask costs exactly the first click
     once = data_engine.annotate(model, [image], [truth], click_budget=1, accept_iou=0.6)[0]
     assert once["clicks"].tolist() == [1] * 5 and once["accepted"].tolist()[:2] == [True, False]

@@ -3,6 +3,7 @@ data_engine.py: SAM's data engine (paper section 4), run on the toy world.
 
     python lessons/data_engine.py --out lessons/figures/data_engine   # about 10 min on 2 CPUs
     python lessons/data_engine.py --out /tmp/engine --quick           # the pipeline, in seconds
+    python lessons/data_engine.py --out /tmp/engine_brush --brush     # with the paper's brush
 
 SA-1B was not labelled by hand. A model in the loop labelled it, in three stages:
   1. assisted-manual: people click, the model draws the mask, people correct it with more
@@ -14,7 +15,9 @@ SA-1B was not labelled by hand. A model in the loop labelled it, in three stages
 Here the people are a simulated annotator that knows the toy world's ground truth. It clicks
 where the model's mask is wrong, accepts the mask at IoU >= 0.9 and gives up after a click
 budget. What it accepts is the model's mask, not the ground truth: like SA-1B, the labels
-are only as good as the model and the acceptance rule let them be.
+are only as good as the model and the acceptance rule let them be. With --brush it does not
+give up: like the paper's annotators with their brush and eraser, it finishes by hand the
+masks its clicks cannot, and those labels are the ground truth.
 
 The experiment ends by training one fresh model on the engine's labels and one on the hidden
 ground truth of the same images, with the same budget, and comparing them on held-out images.
@@ -154,12 +157,15 @@ def embed(model: minisam.Sam, images: list, chunk: int = 32) -> torch.Tensor:
 
 @torch.no_grad()
 def annotate(model: minisam.Sam, images: list, truths: list, click_budget: int,
-             accept_iou: float) -> list:
+             accept_iou: float, brush: bool = False) -> list:
     """The annotator labels every true mask of every image, one object at a time.
     images: list of uint8 (H, W, 3); truths: list of bool (K_i, H, W), what the annotator
     means to label. Returns, per image, a dict: "masks" bool (A, H, W), the accepted masks as
     the model drew them; "clicks" int (K_i,), clicks spent on each true mask (click_budget
     where it gave up); "accepted" bool (K_i,).
+    brush: instead of giving up, the annotator finishes each mask its clicks left below
+    accept_iou by hand, as the paper's could with its brush and eraser tools; those true
+    masks follow the accepted ones in "masks" (then K_i of them). Clicks are counted alike.
     All masks of all images go through the decoder together, one row each."""
     model.eval()
     counts = [len(t) for t in truths]
@@ -199,8 +205,11 @@ def annotate(model: minisam.Sam, images: list, truths: list, click_budget: int,
     results, start = [], 0
     for count in counts:
         accepted = done[start:start + count].numpy()
-        results.append({"masks": prediction[start:start + count].numpy()[accepted],
-                        "clicks": clicks[start:start + count].numpy(), "accepted": accepted})
+        masks = prediction[start:start + count].numpy()[accepted]
+        if brush:
+            masks = np.concatenate([masks, targets[start:start + count].numpy()[~accepted]])
+        results.append({"masks": masks, "clicks": clicks[start:start + count].numpy(),
+                        "accepted": accepted})
         start += count
     return results
 
@@ -271,8 +280,9 @@ def precision_recall(generated: list, truths: list, match_iou: float) -> dict:
 # 4. The engine
 
 
-def run(budget: Budget, seed: int = 0, log=print) -> tuple:
-    """The whole experiment. Returns (results dict, dict of models by name)."""
+def run(budget: Budget, seed: int = 0, log=print, brush: bool = False) -> tuple:
+    """The whole experiment (brush: the annotator finishes by hand what its clicks could not,
+    see `annotate`). Returns (results dict, dict of models by name)."""
     started = time.time()
 
     def say(text):
@@ -284,7 +294,8 @@ def run(budget: Budget, seed: int = 0, log=print) -> tuple:
         + budget.stage3_images
     world = [make_sample(TRAIN_SEEDS[first + i]) for i in range(budget.seed_images + n_pool)]
     seed_set, pool = world[:budget.seed_images], world[budget.seed_images:]
-    results = {"budget": dataclasses.asdict(budget), "hyper_parameters": _hyper_parameters(),
+    results = {"budget": dataclasses.asdict(budget), "brush": brush,
+               "hyper_parameters": _hyper_parameters(),
                "miou_definition": "mean of held-out box-prompt mIoU and one-click mIoU (IoU "
                                   f"head's choice of 3), on EVAL_SEEDS[:{budget.eval_images}]",
                "clicks_per_mask_definition": "all clicks spent (including on masks given up "
@@ -307,7 +318,7 @@ def run(budget: Budget, seed: int = 0, log=print) -> tuple:
         batch = pool[cursor:cursor + budget.stage1_images_per_round]
         cursor += len(batch)
         annotated = annotate(model, [im for im, _ in batch], [t for _, t in batch],
-                             budget.click_budget, budget.accept_iou)
+                             budget.click_budget, budget.accept_iou, brush)
         stage1_results += annotated
         labelled += [(im, a["masks"]) for (im, _), a in zip(batch, annotated) if len(a["masks"])]
         rounds.append({**annotation_cost(annotated), **quality})
@@ -330,7 +341,7 @@ def run(budget: Budget, seed: int = 0, log=print) -> tuple:
         prefilled.append(kept)
         rest.append(truth[~covered])  # what the annotator still has to click
     annotated = annotate(model, [im for im, _ in batch], rest, budget.click_budget,
-                         budget.accept_iou)
+                         budget.accept_iou, brush)
     n_prefilled = sum(len(k) for k in prefilled)
     n_clicked = sum(int(a["accepted"].sum()) for a in annotated)
     clicks = sum(int(a["clicks"].sum()) for a in annotated)
@@ -458,6 +469,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="a few images and steps: exercises the pipeline, numbers meaningless")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--brush", action="store_true",
+                   help="the annotator finishes by hand every mask its clicks cannot (the "
+                        "paper's brush and eraser) instead of giving up on it")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                    help="torch CPU threads")
     for field in dataclasses.fields(Budget):  # every budget entry can be overridden
@@ -495,7 +509,7 @@ def main(argv=None) -> dict:
     torch.set_flush_denormal(True)
     args.out.mkdir(parents=True, exist_ok=True)
     try:
-        results, _ = run(args.budget, seed=args.seed)
+        results, _ = run(args.budget, seed=args.seed, brush=args.brush)
     finally:  # main may run inside another program (the tests): leave its threads alone
         torch.set_num_threads(threads)
     results["quick"] = args.quick
