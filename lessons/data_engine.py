@@ -3,7 +3,7 @@ data_engine.py: SAM's data engine (paper section 4), run on the toy world.
 
     python lessons/data_engine.py --out lessons/figures/data_engine   # about 10 min on 2 CPUs
     python lessons/data_engine.py --out /tmp/engine --quick           # the pipeline, in seconds
-    python lessons/data_engine.py --out /tmp/engine_brush --brush     # with the paper's brush
+    python lessons/data_engine.py --out lessons/figures/data_engine_brush --brush  # the brush
 
 SA-1B was not labelled by hand. A model in the loop labelled it, in three stages:
   1. assisted-manual: people click, the model draws the mask, people correct it with more
