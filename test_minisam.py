@@ -328,6 +328,17 @@ def reference():
     return reference_package()
 
 
+@pytest.fixture(scope="module")
+def torchvision_ops():
+    """torchvision.ops, installed with the reference; a skip where it cannot be imported (a
+    torchvision built for another torch raises RuntimeError, not ImportError)."""
+    try:
+        import torchvision.ops
+    except Exception as e:
+        pytest.skip(f"torchvision not importable ({type(e).__name__}: {e})")
+    return torchvision.ops
+
+
 @given(points=st.lists(st.tuples(coordinates, coordinates), min_size=1, max_size=8),
        size=st.tuples(st.integers(1, 1024), st.integers(1, 1024)))
 def test_fourier_features_equal_the_reference_anywhere(reference, points, size):
@@ -391,13 +402,12 @@ logit_maps = st.integers(0, 2**31 - 1).map(
     lambda seed: torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 6)
 
 
-@given(logit_maps, st.floats(0.05, 0.95))
-def test_focal_loss_equals_torchvision(logits, fill):
+@given(logits=logit_maps, fill=st.floats(0.05, 0.95))
+def test_focal_loss_equals_torchvision(torchvision_ops, logits, fill):
     """The usual focal loss (alpha 0.25, gamma 2): torchvision's, averaged over pixels."""
-    ops = pytest.importorskip("torchvision.ops", reason="torchvision comes with the reference")
     targets = (torch.rand(logits.shape, generator=torch.Generator().manual_seed(0)) < fill).float()
-    expected = ops.sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0,
-                                      reduction="none").mean((-2, -1))
+    expected = torchvision_ops.sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0,
+                                                  reduction="none").mean((-2, -1))
     torch.testing.assert_close(focal_loss(logits, targets), expected)
 
 
@@ -645,14 +655,14 @@ boxes_and_scores = st.integers(1, 12).flatmap(lambda n: st.tuples(
     st.lists(st.floats(0, 1), min_size=n, max_size=n, unique=True), st.floats(0.1, 0.9)))
 
 
-@given(boxes_and_scores)
-def test_nms_equals_torchvision(case):
-    ops = pytest.importorskip("torchvision.ops", reason="torchvision comes with the reference")
+@given(case=boxes_and_scores)
+def test_nms_equals_torchvision(torchvision_ops, case):
     corners, scores, threshold = case
     boxes = torch.tensor([[min(a, c), min(b, d), max(a, c) + 1, max(b, d) + 1]
                           for a, b, c, d in corners], dtype=torch.float)
     scores = torch.tensor(scores)
-    assert torch.equal(minisam.nms(boxes, scores, threshold), ops.nms(boxes, scores, threshold))
+    assert torch.equal(minisam.nms(boxes, scores, threshold),
+                       torchvision_ops.nms(boxes, scores, threshold))
 
 
 @given(boxes_and_scores)
