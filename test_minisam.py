@@ -1251,19 +1251,20 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
     killed = tmp_path / "killed"
     # the same thread count as this process, whatever the environment says: another count
     # sums in another order, and the runs would differ in the last bits
-    process = subprocess.Popen([sys.executable, "train_toy.py", "--out", str(killed), *flags],
-                               cwd=Path(__file__).parent, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    stderr = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would stall the child
+    with stderr.open("w") as err:  # the child keeps its own copy of the file
+        process = subprocess.Popen(
+            [sys.executable, "train_toy.py", "--out", str(killed), *flags],
+            cwd=Path(__file__).parent, stdout=subprocess.DEVNULL, stderr=err,
+            env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     deadline = time.time() + 600  # a generous bound for a busy machine; it takes ~2 s idle
     while not (killed / "ckpt.pt").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     assert process.poll() is None, f"training exited ({process.returncode}) before it was " \
-                                   f"killed: {process.stderr.read()[-2000:]}"
+                                   f"killed: {stderr.read_text()[-2000:]}"
     time.sleep(0.37)  # a few steps more, mid-write or between writes
     process.send_signal(signal.SIGKILL)
     process.wait()
-    process.stderr.close()
     state = torch.load(killed / "ckpt.pt", weights_only=True)  # complete, or this raises
     assert 1 <= state["step"] < 40, "the run should have been killed before it finished"
     resumed = train(killed, "--steps", "40", "--save-every", "40", "--resume")
