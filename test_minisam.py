@@ -43,14 +43,20 @@ ODD = dataclasses.replace(
 PARITY_CONFIGS = {"toy": CONFIGS["toy"], "odd": ODD}
 
 
-def reference_package():
-    """The reference package, or a skip that says why it is absent."""
+def import_or_skip(name: str):
+    """A test-only module (the reference, or the torchvision it brings), or a skip that says
+    why it is absent. Any failure skips: a torchvision built for another torch raises
+    RuntimeError, not ImportError, so pytest.importorskip would not do."""
     try:
-        import segment_anything
-    except Exception as e:  # torchvision mismatches raise RuntimeError, not ImportError
-        pytest.skip(f"reference segment-anything not importable ({type(e).__name__}: {e}); "
+        return importlib.import_module(name)
+    except Exception as e:
+        pytest.skip(f"{name} not importable ({type(e).__name__}: {e}); "
                     "install requirements-test.txt")
-    return segment_anything
+
+
+def reference_package():
+    """The reference package segment-anything, or a skip that says why it is absent."""
+    return import_or_skip("segment_anything")
 
 
 def reference_sam(cfg: SamConfig):
@@ -330,13 +336,8 @@ def reference():
 
 @pytest.fixture(scope="module")
 def torchvision_ops():
-    """torchvision.ops, installed with the reference; a skip where it cannot be imported (a
-    torchvision built for another torch raises RuntimeError, not ImportError)."""
-    try:
-        import torchvision.ops
-    except Exception as e:
-        pytest.skip(f"torchvision not importable ({type(e).__name__}: {e})")
-    return torchvision.ops
+    """torchvision.ops, installed with the reference (a skip where it cannot be imported)."""
+    return import_or_skip("torchvision.ops")
 
 
 @given(points=st.lists(st.tuples(coordinates, coordinates), min_size=1, max_size=8),
