@@ -1317,10 +1317,33 @@ def test_data_parallel_run_on_two_cpu_processes(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.suffix != ".png") == ["ckpt.pt", "metrics.json"]
 
 
+def test_training_and_evaluation_make_their_tensors_where_their_inputs_are():
+    """On a GPU, a tensor made without `device=` lands on the CPU and the step fails. There is
+    no GPU here, so meta stands in for the CPU as the default device: a tensor made without
+    `device=` lands on meta, and meeting the real inputs fails just the same."""
+    model = Sam(ODD)
+    trainer = train_toy.InteractiveTraining(model, 4, 1)  # first prompt, 2 clicks, 1 without
+    images, targets, index, _ = train_toy.training_batch(0, 0, 0, 2, 3, ODD.image_size)
+    boxes, valid = minisam.batched_mask_to_box(targets[:2]).float(), torch.eye(2, dtype=bool)
+    expected = trainer(images, targets, index, torch.Generator().manual_seed(5))[0]
+    with torch.device("meta"):
+        loss, _ = trainer(images, targets, index, torch.Generator().manual_seed(5))
+        loss.backward()
+        embeddings = model.image_encoder(model.preprocess(images))
+        masks, iou, low_res = train_toy.decode(model, embeddings, boxes=boxes)
+        clicks = train_toy.interior_point(targets)
+        ideal = train_toy.expected_iou(masks, targets[:2], valid)
+    assert torch.equal(loss.detach(), expected.detach())  # and the same draws as ever
+    assert all(x.device.type == "cpu" for x in (masks, iou, low_res, clicks, ideal))
+
+
 def test_bad_flags_are_argparse_errors(capsys):
+    unavailable = [["--device", kind] for kind, present in (
+        ("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
+        if not present]
     for flags in (["--steps", "0"], ["--config", "vit_x"], ["--lr", "-1"], ["--device", "gpu9"],
                   ["--steps", "ten"], ["--no-click-passes", "3"],
-                  ["--iters", "2", "--no-click-passes", "2"]):
+                  ["--iters", "2", "--no-click-passes", "2"], *unavailable):
         with pytest.raises(SystemExit) as err:
             train_toy.parse_args(flags)
         assert err.value.code == 2

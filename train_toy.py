@@ -169,8 +169,10 @@ def make_sample(seed: int, image_size: int = None):
 
 def sample_in(region: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One pixel chosen uniformly inside each (N, H, W) bool region -> (N, 2) as (x, y).
-    An empty region gives an arbitrary pixel (callers only use that when they must)."""
-    scores = torch.rand(region.shape, generator=generator) * region  # 0 outside the region
+    An empty region gives an arbitrary pixel (callers only use that when they must).
+    Every draw comes from the CPU generator, so a run draws the same pixels on any device."""
+    scores = torch.rand(region.shape, generator=generator, device=generator.device)
+    scores = scores.to(region.device) * region  # 0 outside the region
     flat = scores.flatten(1).argmax(1)
     w = region.shape[-1]
     return torch.stack([flat % w, flat // w], dim=1).float()
@@ -181,7 +183,8 @@ def noisy_box(masks: torch.Tensor, generator: torch.Generator, max_noise: float)
     box side, at most max_noise pixels (the paper: 20 px at 1024)."""
     box = minisam.batched_mask_to_box(masks).float()  # (N, 4) x0 y0 x1 y1
     side = (box[:, 2:] - box[:, :2] + 1).repeat(1, 2)
-    noise = torch.randn(box.shape, generator=generator) * 0.1 * side
+    noise = torch.randn(box.shape, generator=generator, device=generator.device)
+    noise = noise.to(box.device) * 0.1 * side
     return box + noise.clamp(-max_noise, max_noise)
 
 
@@ -194,7 +197,7 @@ def corrective_click(prediction: torch.Tensor, target: torch.Tensor, generator: 
     # a perfect prediction still gets a click, a harmless one inside the target
     region = torch.where(error.flatten(1).any(1)[:, None, None], error, target)
     points = sample_in(region, generator)
-    rows = torch.arange(len(points))
+    rows = torch.arange(len(points), device=points.device)
     label = false_negative[rows, points[:, 1].long(), points[:, 0].long()] | ~error.flatten(1).any(1)
     return points, label.long()
 
@@ -228,15 +231,16 @@ class InteractiveTraining(torch.nn.Module):
         scale = S / low  # input pixels per low-res pixel
         # the loss is taken at the decoder's own resolution: no upsampling in the loop
         low_targets = F.interpolate(targets[:, None].float(), (low, low), mode="area")[:, 0] > 0.5
-        N = len(targets)
-        use_box = torch.rand(N, generator=generator) < 0.5
+        N, device = len(targets), images.device
+        use_box = (torch.rand(N, generator=generator, device=generator.device) < 0.5).to(device)
         # the paper's two passes without a new click: one at the end, one at a random position
         # between (drawn whatever no_click_passes is, so the rest of the batch's draws stay put)
         no_click = [self.iterations - 1, int(torch.randint(1, max(2, self.iterations - 1), (1,),
-                                                           generator=generator))]
+                                                           generator=generator,
+                                                           device=generator.device))]
         no_click = set(no_click[:self.no_click_passes])
         points = (sample_in(low_targets, generator) + 0.5) * scale - 0.5  # (N, 2) input pixels
-        points, labels = points[:, None], torch.ones(N, 1, dtype=torch.long)
+        points, labels = points[:, None], torch.ones(N, 1, dtype=torch.long, device=device)
         boxes = noisy_box(targets, generator, max_noise=20 * S / 1024)
         mask_prompt = prediction = None  # no previous prediction before the first pass
         total, logs = 0.0, []
@@ -245,8 +249,8 @@ class InteractiveTraining(torch.nn.Module):
                 click, label = corrective_click(prediction, low_targets, generator)
                 points = torch.cat([points, ((click + 0.5) * scale - 0.5)[:, None]], dim=1)
                 labels = torch.cat([labels, label[:, None]], dim=1)
-            logits = torch.zeros(N, 1, low, low)
-            iou_pred = torch.zeros(N, 1)
+            logits = torch.zeros(N, 1, low, low, device=device)
+            iou_pred = torch.zeros(N, 1, device=device)
             outputs = []
             # rows prompted with a box and rows prompted with clicks only take separate calls:
             # their token counts differ
@@ -265,7 +269,8 @@ class InteractiveTraining(torch.nn.Module):
                 logs.append((parts, len(rows)))
                 # carry forward the output the IoU head likes best, as at inference
                 best = out[1].argmax(1)
-                outputs.append((rows, out[0][torch.arange(len(rows)), best], out[1].amax(1)))
+                picked = out[0][torch.arange(len(rows), device=device), best]
+                outputs.append((rows, picked, out[1].amax(1)))
             for rows, best_logits, best_iou in outputs:
                 logits = logits.index_put((rows,), best_logits[:, None].detach())
                 iou_pred = iou_pred.index_put((rows,), best_iou[:, None].detach())
@@ -335,7 +340,7 @@ def interior_point(masks: torch.Tensor) -> torch.Tensor:
     N, H, W = masks.shape
     # outside the image counts as background: pad one ring of it
     distance = F.pad(masks.float(), (1, 1, 1, 1)) * (H + W)  # (N, H+2, W+2); H + W = "far"
-    x = torch.arange(W + 2, dtype=torch.float)
+    x = torch.arange(W + 2, dtype=torch.float, device=masks.device)
 
     def along_row(row, step):
         """min over the pixels k before x in the row of row[k] + |x - k| (after, if step < 0)."""
@@ -383,7 +388,7 @@ def expected_iou(masks: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
     have meant, at the odds the training teaches (a target drawn uniformly, its click uniformly
     inside it: odds 1 / area). This is what the IoU head's squared error makes it predict at
     best, here computed from the hidden truth (lesson 5, "What the IoU head can know")."""
-    expected = torch.empty(masks.shape[:2])
+    expected = torch.empty(masks.shape[:2], device=masks.device)
     # one click at a time: gathering every (click, mask) pair at once took 1.6 GiB more at
     # 1024 px (ViT-B, 8 images)
     for n, meant in enumerate(valid):  # meant (N,): the masks target n's click may mean
@@ -397,14 +402,17 @@ def decode(model: minisam.Sam, embeddings, points=None, labels=None, boxes=None,
            mask_prompt=None, multimask=False):
     """One decoder call for N prompt rows at the model's input size, each row with its own
     image embedding (N, C, g, g): returns masks (N, M, S, S) bool, IoU predictions (N, M)
-    and low-res logits (N, M, 4g, 4g), the mask prompt of a next click."""
+    and low-res logits (N, M, 4g, 4g), the mask prompt of a next click. Prompts may live on
+    the CPU, where the clicks are simulated; the outputs come back there."""
     S = model.config.image_size
+    points, labels, boxes, mask_prompt = (None if x is None else x.to(embeddings.device)
+                                          for x in (points, labels, boxes, mask_prompt))
     sparse, dense = model.prompt_encoder(
         points=None if points is None else (points, labels), boxes=boxes, masks=mask_prompt)
     low_res, iou = model.mask_decoder(embeddings, model.prompt_encoder.get_dense_pe(), sparse,
                                       dense, multimask)
     masks = model.postprocess_masks(low_res, (S, S), (S, S)) > model.mask_threshold
-    return masks, iou, low_res
+    return masks.cpu(), iou.cpu(), low_res.cpu()
 
 
 @torch.no_grad()
@@ -455,7 +463,8 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
         targets.append(torch.from_numpy(masks))
         index += [i] * len(masks)
     targets, index = torch.cat(targets), torch.tensor(index)
-    embeddings = model.image_encoder(model.preprocess(torch.stack(images)))[index]
+    embeddings = model.image_encoder(model.preprocess(torch.stack(images).to(model.device)))
+    embeddings = embeddings[index.to(model.device)]  # (N, C, g, g)
 
     box = minisam.batched_mask_to_box(targets).float()
     masks, _, _ = decode(model, embeddings, boxes=box)
@@ -627,9 +636,13 @@ def parse_args(argv=None):
                 f"{args.iters}")
     if args.device != "auto":
         try:
-            torch.device(args.device)
+            device = torch.device(args.device)
         except RuntimeError as e:
             p.error(f"--device: {e}")
+        available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+        if device.type in available and not available[device.type]():
+            p.error(f"--device {args.device}: this machine has no {device.type} device; "
+                    "use --device cpu, or auto")
     return args
 
 
@@ -648,6 +661,9 @@ def main(argv=None):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(args.device)
     if world > 1:
+        if device.type == "cuda":  # one GPU per process, as torchrun numbers them
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     config: SamConfig = CONFIGS[args.config]
     ckpt_path = args.out / "ckpt.pt"
@@ -671,7 +687,9 @@ def main(argv=None):
         optimizer.load_state_dict(state["optimizer"])
     trainer = InteractiveTraining(model, args.iters, args.no_click_passes)
     if world > 1:
-        trainer = torch.nn.parallel.DistributedDataParallel(trainer, find_unused_parameters=True)
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            trainer, device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=True)
     args.out.mkdir(parents=True, exist_ok=True)
 
     def checkpoint():
