@@ -1029,7 +1029,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     first. Ties keep their input order (a stable sort), as the cross-crop NMS relies on."""
     order = torch.sort(scores, descending=True, stable=True).indices
     overlaps = box_iou(boxes[order].float(), boxes[order].float()) > iou_threshold  # (N, N)
-    keep = torch.ones(len(order), dtype=torch.bool)
+    keep = torch.ones(len(order), dtype=torch.bool, device=boxes.device)
     for i in range(len(order)):
         if keep[i]:
             keep[i + 1:] &= ~overlaps[i, i + 1:]
@@ -1294,10 +1294,11 @@ class SamAutomaticMaskGenerator:
         self.predictor.reset_image()
         masks = _concat(batches)
         masks = _select(masks, nms(masks["boxes"], masks["iou_preds"], self.box_nms_thresh))
-        offset = torch.tensor([x0, y0])
+        offset = torch.tensor([x0, y0], device=masks["boxes"].device)
         masks["boxes"] = masks["boxes"] + offset.repeat(2)
         masks["points"] = masks["points"] + offset
-        masks["crop_boxes"] = torch.tensor(crop_box).repeat(len(masks["rles"]), 1)
+        masks["crop_boxes"] = torch.tensor(crop_box, device=offset.device).repeat(
+            len(masks["rles"]), 1)
         return masks
 
     def _process_batch(self, points: np.ndarray, crop_size, crop_box: list, image_size) -> dict:
@@ -1309,7 +1310,7 @@ class SamAutomaticMaskGenerator:
             coords[:, None], labels, multimask_output=True, return_logits=True)
         # every point gives 3 masks: (P, 3, h, w) -> (3P, h, w), each row with its point
         masks = {"logits": logits.flatten(0, 1), "iou_preds": iou_preds.flatten(),
-                 "points": torch.as_tensor(points).repeat_interleave(logits.shape[1], dim=0)}
+                 "points": torch.from_numpy(points).repeat_interleave(logits.shape[1], dim=0)}
         if self.pred_iou_thresh > 0:
             masks = _select(masks, masks["iou_preds"] > self.pred_iou_thresh)
         masks["stability_score"] = calculate_stability_score(
@@ -1323,7 +1324,8 @@ class SamAutomaticMaskGenerator:
         x0, y0, x1, y1 = crop_box
         binary = F.pad(masks.pop("binary"), (x0, w - x1, y0, h - y1))  # back into the image
         masks["rles"] = mask_to_rle(binary)
-        return masks
+        # only run-length codes and a few numbers per mask leave the model's device
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in masks.items()}
 
     def _remove_small_regions(self, masks: dict) -> dict:
         """Fill small holes and drop small islands, then NMS again preferring masks that the
@@ -1340,7 +1342,7 @@ class SamAutomaticMaskGenerator:
             unchanged.append(float(not (holes_changed or islands_changed)))
         cleaned = torch.stack(cleaned)
         boxes = batched_mask_to_box(cleaned)
-        keep = nms(boxes, torch.tensor(unchanged),
+        keep = nms(boxes, torch.tensor(unchanged, device=boxes.device),
                    max(self.box_nms_thresh, self.crop_nms_thresh))
         for i in keep.tolist():
             if not unchanged[i]:
@@ -1352,7 +1354,8 @@ class SamAutomaticMaskGenerator:
 def _select(masks: dict, keep: torch.Tensor) -> dict:
     """Keep the rows `keep` (bool mask or indices) of every field of a batch of masks."""
     index = keep.nonzero()[:, 0] if keep.dtype == torch.bool else keep
-    return {k: [v[i] for i in index.tolist()] if isinstance(v, list) else v[index]
+    # the points stay on the CPU, where the grid was made, while the rest is on the device
+    return {k: [v[i] for i in index.tolist()] if isinstance(v, list) else v[index.to(v.device)]
             for k, v in masks.items()}
 
 

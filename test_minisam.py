@@ -1337,6 +1337,30 @@ def test_training_and_evaluation_make_their_tensors_where_their_inputs_are():
     assert all(x.device.type == "cpu" for x in (masks, iou, low_res, clicks, ideal))
 
 
+
+def test_predictor_and_generator_make_their_tensors_where_their_inputs_are():
+    """The same stand-in for a GPU as in the test above, for inference: a click with a box and
+    a mask prompt, and the automatic masks with crops, NMS and small-region clean-up."""
+    model, image = random_sam(CONFIGS["toy"]), toy_photo(90, 120, seed=3)
+    generator = minisam.SamAutomaticMaskGenerator(
+        model, points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0, crop_n_layers=1,
+        min_mask_region_area=10)
+    predictor = minisam.SamPredictor(model)
+
+    def infer():
+        predictor.set_image(image)
+        _, _, low_res = predictor.predict(np.array([[40, 30]]), np.array([1]))
+        answer = predictor.predict(np.array([[40, 30], [80, 60]]), np.array([1, 0]),
+                                   box=np.array([10, 5, 100, 80]), mask_input=low_res[:1])
+        return answer, generator.generate(image)
+
+    expected_answer, expected_records = infer()
+    with torch.device("meta"):
+        answer, records = infer()
+    assert len(expected_records) > 3  # crops and NMS had something to do
+    assert all(np.array_equal(a, b) for a, b in zip(answer, expected_answer))
+    assert str(records) == str(expected_records)
+
 def test_bad_flags_are_argparse_errors(capsys):
     unavailable = [["--device", kind] for kind, present in (
         ("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
