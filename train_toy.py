@@ -167,12 +167,16 @@ def make_sample(seed: int, image_size: int = None):
 # decoder call per iteration (the decoder takes one embedding per prompt row).
 
 
+def draw(sampler, shape, generator: torch.Generator, device) -> torch.Tensor:
+    """torch.rand or torch.randn from the CPU generator, moved to `device`: a run draws the
+    same numbers on every device."""
+    return sampler(shape, generator=generator, device=generator.device).to(device)
+
+
 def sample_in(region: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One pixel chosen uniformly inside each (N, H, W) bool region -> (N, 2) as (x, y).
-    An empty region gives an arbitrary pixel (callers only use that when they must).
-    Every draw comes from the CPU generator, so a run draws the same pixels on any device."""
-    scores = torch.rand(region.shape, generator=generator, device=generator.device)
-    scores = scores.to(region.device) * region  # 0 outside the region
+    An empty region gives an arbitrary pixel (callers only use that when they must)."""
+    scores = draw(torch.rand, region.shape, generator, region.device) * region  # 0 outside
     flat = scores.flatten(1).argmax(1)
     w = region.shape[-1]
     return torch.stack([flat % w, flat // w], dim=1).float()
@@ -183,8 +187,7 @@ def noisy_box(masks: torch.Tensor, generator: torch.Generator, max_noise: float)
     box side, at most max_noise pixels (the paper: 20 px at 1024)."""
     box = minisam.batched_mask_to_box(masks).float()  # (N, 4) x0 y0 x1 y1
     side = (box[:, 2:] - box[:, :2] + 1).repeat(1, 2)
-    noise = torch.randn(box.shape, generator=generator, device=generator.device)
-    noise = noise.to(box.device) * 0.1 * side
+    noise = draw(torch.randn, box.shape, generator, box.device) * 0.1 * side
     return box + noise.clamp(-max_noise, max_noise)
 
 
@@ -232,7 +235,7 @@ class InteractiveTraining(torch.nn.Module):
         # the loss is taken at the decoder's own resolution: no upsampling in the loop
         low_targets = F.interpolate(targets[:, None].float(), (low, low), mode="area")[:, 0] > 0.5
         N, device = len(targets), images.device
-        use_box = (torch.rand(N, generator=generator, device=generator.device) < 0.5).to(device)
+        use_box = draw(torch.rand, (N,), generator, device) < 0.5
         # the paper's two passes without a new click: one at the end, one at a random position
         # between (drawn whatever no_click_passes is, so the rest of the batch's draws stay put)
         no_click = [self.iterations - 1, int(torch.randint(1, max(2, self.iterations - 1), (1,),
