@@ -661,6 +661,23 @@ def _check_fits(state_dict: dict, config: SamConfig, expected: dict) -> None:
     raise ValueError(f"checkpoint does not fit the {label} config: " + "; ".join(problems) + hint)
 
 
+def check_device(device) -> torch.device:
+    """`device` as a torch.device this machine has, or a ValueError that names it (before a
+    checkpoint of gigabytes is read, not after)."""
+    if not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"device must be a name like 'cpu' or 'cuda:0', or a torch.device, got "
+                        f"{type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a device name: {e}") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type in available and not available[device.type]():
+        raise ValueError(f"device {str(device)!r}: this machine has no {device.type} device; "
+                         "use 'cpu'")
+    return device
+
+
 def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
     """Build a SAM model and, optionally, load weights.
 
@@ -674,6 +691,7 @@ def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
         config = CONFIGS[config]
     elif not isinstance(config, SamConfig):
         raise TypeError(f"config must be a preset name or a SamConfig, got {type(config).__name__}")
+    device = check_device(device or "cpu")
     model = Sam(config)
     if checkpoint is not None:
         try:
@@ -698,7 +716,7 @@ def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
             state = state["model"]
         _check_fits(state, config, _shapes(model.state_dict()))
         model.load_state_dict(state)
-    return model.to(device or "cpu").eval()
+    return model.to(device).eval()
 
 
 # -----------------------------------------------------------------------------

@@ -321,6 +321,23 @@ def test_bad_config_and_unreadable_checkpoint_raise_clear_errors(tmp_path):
         build_sam("toy", checkpoint=listing)
 
 
+ABSENT_DEVICES = [kind for kind, present in (("cuda", torch.cuda.is_available()),
+                                             ("mps", torch.backends.mps.is_available()))
+                  if not present]
+
+
+def test_a_device_the_machine_lacks_is_named_before_any_checkpoint_is_read(tmp_path):
+    never_read = tmp_path / "absent.pth"  # a missing file: reading it would fail otherwise
+    with pytest.raises(ValueError, match="device 'gpu9' is not a device name"):
+        build_sam("toy", checkpoint=never_read, device="gpu9")
+    with pytest.raises(TypeError, match="device must be a name"):
+        build_sam("toy", device=2.5)
+    for kind in ABSENT_DEVICES:
+        with pytest.raises(ValueError, match=f"this machine has no {kind} device"):
+            build_sam("toy", checkpoint=never_read, device=kind)
+    assert build_sam("toy", device=torch.device("cpu")).device.type == "cpu"
+
+
 # -----------------------------------------------------------------------------
 # Properties
 
@@ -1362,12 +1379,10 @@ def test_predictor_and_generator_make_their_tensors_where_their_inputs_are():
     assert str(records) == str(expected_records)
 
 def test_bad_flags_are_argparse_errors(capsys):
-    unavailable = [["--device", kind] for kind, present in (
-        ("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()))
-        if not present]
     for flags in (["--steps", "0"], ["--config", "vit_x"], ["--lr", "-1"], ["--device", "gpu9"],
                   ["--steps", "ten"], ["--no-click-passes", "3"],
-                  ["--iters", "2", "--no-click-passes", "2"], *unavailable):
+                  ["--iters", "2", "--no-click-passes", "2"],
+                  *(["--device", kind] for kind in ABSENT_DEVICES)):
         with pytest.raises(SystemExit) as err:
             train_toy.parse_args(flags)
         assert err.value.code == 2

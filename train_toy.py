@@ -639,13 +639,9 @@ def parse_args(argv=None):
                 f"{args.iters}")
     if args.device != "auto":
         try:
-            device = torch.device(args.device)
-        except RuntimeError as e:
+            minisam.check_device(args.device)
+        except ValueError as e:
             p.error(f"--device: {e}")
-        available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-        if device.type in available and not available[device.type]():
-            p.error(f"--device {args.device}: this machine has no {device.type} device; "
-                    "use --device cpu, or auto")
     return args
 
 
