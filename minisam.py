@@ -691,7 +691,7 @@ def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
         config = CONFIGS[config]
     elif not isinstance(config, SamConfig):
         raise TypeError(f"config must be a preset name or a SamConfig, got {type(config).__name__}")
-    device = check_device(device or "cpu")
+    device = check_device("cpu" if device is None else device)  # 0 means cuda:0
     model = Sam(config)
     if checkpoint is not None:
         try:

@@ -335,6 +335,9 @@ def test_a_device_the_machine_lacks_is_named_before_any_checkpoint_is_read(tmp_p
     for kind in ABSENT_DEVICES:
         with pytest.raises(ValueError, match=f"this machine has no {kind} device"):
             build_sam("toy", checkpoint=never_read, device=kind)
+    if "cuda" in ABSENT_DEVICES:  # an index names a GPU: never quietly the CPU
+        with pytest.raises(ValueError, match="'cuda:0': this machine has no cuda device"):
+            build_sam("toy", device=0)
     assert build_sam("toy", device=torch.device("cpu")).device.type == "cpu"
 
 
