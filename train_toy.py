@@ -318,6 +318,46 @@ def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.1 ** ((step >= total * 0.85) + (step >= total * 26 / 27))
 
 
+# Progressive resizing (Tan and Le, EfficientNetV2, 2021; fast.ai's DAWNBench runs): the first
+# steps see the same world rendered at half the size. A 32-px image is an 8x8 token grid, a
+# quarter of the encoder's tokens and of the decoder's pixels, so a step costs about half as
+# much, and what the model learns there (what a click, a box, an edge means) carries over.
+# Only two kinds of weights depend on the grid's size, and both are resized when it changes.
+
+
+def resize_sam(model: minisam.Sam, image_size: int) -> minisam.Sam:
+    """The same weights in a Sam for another input size. The absolute position embedding
+    (1, g, g, C) is resized bicubically, as ViTDet does; the global blocks' relative-position
+    tables (2g-1, d) linearly, as the reference does for a table that does not fit its grid.
+    Windowed blocks keep their tables: a window is counted in tokens, not pixels."""
+    resized = minisam.Sam(dataclasses.replace(model.config, image_size=image_size))
+    shapes = {name: p.shape for name, p in resized.state_dict().items()}
+    state = {}
+    for name, value in model.state_dict().items():
+        if value.shape != shapes[name] and name.endswith("pos_embed"):
+            value = F.interpolate(value.permute(0, 3, 1, 2), shapes[name][1:3], mode="bicubic",
+                                  align_corners=False).permute(0, 2, 3, 1)
+        elif value.shape != shapes[name]:  # rel_pos_h / rel_pos_w of a global block
+            value = F.interpolate(value.T[None], shapes[name][0], mode="linear",
+                                  align_corners=False)[0].T
+        state[name] = value
+    resized.load_state_dict(state)
+    return resized.to(model.device).train(model.training)
+
+
+def make_optimizer(model: minisam.Sam, lr: float, carried: dict = None):
+    """AdamW; `carried` is an optimizer state_dict to continue from. When the model was
+    resized, Adam's moments carry over for every weight whose shape stayed, and the resized
+    ones start afresh."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), weight_decay=0.1)
+    if carried is not None:
+        shapes = [p.shape for p in model.parameters()]
+        carried = {**carried, "state": {i: s for i, s in carried["state"].items()
+                                        if s["exp_avg"].shape == shapes[i]}}
+        optimizer.load_state_dict(carried)
+    return optimizer
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary file beside the target, then rename: a run killed at any instant
     leaves either the old complete checkpoint or the new one, never half of one."""
@@ -627,6 +667,10 @@ def parse_args(argv=None):
     p.add_argument("--targets-per-image", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--small-fraction", type=float, default=0.75,
+                   help="the fraction of the steps taken on images rendered at --small-size "
+                        "(progressive resizing; 0: none)")
+    p.add_argument("--small-size", type=int, default=32, metavar="PX")
     args = p.parse_args(argv)
     for name in ("steps", "save_every", "curve_every", "iters", "images_per_step", "targets_per_image",
                  "warmup"):
@@ -634,6 +678,12 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.lr > 0:
         p.error(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.small_fraction < 1:
+        p.error(f"--small-fraction must be in [0, 1), got {args.small_fraction}")
+    patch = CONFIGS[args.config].patch_size
+    if not 0 < args.small_size <= CONFIGS[args.config].image_size or args.small_size % patch:
+        p.error(f"--small-size must be a multiple of the patch size {patch} up to the image "
+                f"size {CONFIGS[args.config].image_size}, got {args.small_size}")
     if args.no_click_passes > args.iters - 1:
         p.error(f"--no-click-passes {args.no_click_passes} leaves no first prompt in --iters "
                 f"{args.iters}")
@@ -665,35 +715,48 @@ def main(argv=None):
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     config: SamConfig = CONFIGS[args.config]
+    small_steps = round(args.small_fraction * args.steps)  # the first steps, at --small-size
+
+    def size_at(step):
+        return args.small_size if step < small_steps else config.image_size
+
     ckpt_path = args.out / "ckpt.pt"
     step, history, state = 0, [], None
     if args.resume or args.eval_only:
         if not ckpt_path.exists():
             raise SystemExit(f"no checkpoint at {ckpt_path} to {'resume' if args.resume else 'evaluate'}")
-        model = minisam.build_sam(config, checkpoint=ckpt_path)  # checks the file fits config
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors come in many types; all mean the same here
+            raise SystemExit(f"{ckpt_path} is not a readable checkpoint: {type(e).__name__}: {e}")
+        # a checkpoint saved during the small steps holds the model at the small size
+        saved = dataclasses.replace(config, image_size=state["config"]["image_size"])
+        model = minisam.build_sam(saved, checkpoint=ckpt_path)  # checks the file fits config
         step, history = state["step"], state["history"]
         if args.resume and state["seed"] != args.seed:  # the seed picks every batch
             raise SystemExit(f"{ckpt_path} was trained with --seed {state['seed']}; resuming "
                              f"with --seed {args.seed} would draw other batches")
     else:
         torch.manual_seed(args.seed)  # the initial weights
-        model = minisam.Sam(config)
+        model = minisam.Sam(dataclasses.replace(config, image_size=size_at(0)))
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999),
-                                  weight_decay=0.1)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    trainer = InteractiveTraining(model, args.iters, args.no_click_passes)
-    if world > 1:
-        trainer = torch.nn.parallel.DistributedDataParallel(
-            trainer, device_ids=[device] if device.type == "cuda" else None,
-            find_unused_parameters=True)
+    optimizer = make_optimizer(model, args.lr, state and state["optimizer"])
+
+    def trainer_for(model):
+        trainer = InteractiveTraining(model, args.iters, args.no_click_passes)
+        if world > 1:
+            trainer = torch.nn.parallel.DistributedDataParallel(
+                trainer, device_ids=[device] if device.type == "cuda" else None,
+                find_unused_parameters=True)
+        return trainer
+
+    trainer = trainer_for(model)
     args.out.mkdir(parents=True, exist_ok=True)
 
     def checkpoint():
         if rank == 0:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "config": dataclasses.asdict(config),
+            save_checkpoint(ckpt_path, {"model": model.state_dict(),
+                                        "config": dataclasses.asdict(model.config),
                                         "step": step, "optimizer": optimizer.state_dict(),
                                         "seed": args.seed, "history": history})
 
@@ -701,8 +764,13 @@ def main(argv=None):
     first_step, minutes_before = step, history[-1]["minutes"] if history else 0.0
     model.train()
     while step < args.steps and not args.eval_only:
+        if model.config.image_size != size_at(step):  # the small steps are over: grow
+            model = resize_sam(model, size_at(step))
+            optimizer = make_optimizer(model, args.lr, optimizer.state_dict())
+            trainer = trainer_for(model)
         images, targets, index, generator = training_batch(
-            step, args.seed, rank, args.images_per_step, args.targets_per_image, config.image_size)
+            step, args.seed, rank, args.images_per_step, args.targets_per_image,
+            model.config.image_size)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         loss, parts = trainer(images.to(device), targets.to(device), index.to(device), generator)
@@ -717,7 +785,9 @@ def main(argv=None):
                         "minutes": minutes_before + (time.time() - start) / 60})
         if rank == 0 and (step % args.curve_every == 0 or step == args.steps):
             paused = time.time()
-            quick = evaluate(model, EVAL_SEEDS[:CURVE_IMAGES], max_clicks=1)
+            # always on the full-size held-out images, so the whole curve is comparable
+            quick = evaluate(resize_sam(model, config.image_size) if model.config != config
+                             else model, EVAL_SEEDS[:CURVE_IMAGES], max_clicks=1)
             model.train()
             history[-1].update({k: quick[k] for k in ("box_miou", "one_click_oracle_miou")})
             start += time.time() - paused  # the curve's minutes count training time only
@@ -731,6 +801,8 @@ def main(argv=None):
                   f"{parts['iou_mse']:.4f})  {rate * args.images_per_step * world:.1f} img/s  "
                   f"eta {(args.steps - step) / rate / 60:.1f} min", flush=True)
     if rank == 0:
+        if model.config != config:  # --eval-only of a checkpoint from the small steps
+            model = resize_sam(model, config.image_size)
         metrics = evaluate(model)
         metrics["train_minutes"] = history[-1]["minutes"] if history else 0.0
         metrics["steps"] = step
