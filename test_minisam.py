@@ -1302,6 +1302,112 @@ def test_resuming_with_another_seed_is_refused(tmp_path, tiny_evaluation):
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2  # untouched
 
 
+def test_resize_sam_resizes_positions_as_vitdet_and_the_reference_do():
+    """Progressive resizing trains at 32 px, then 64 px, with the same weights: the absolute
+    position embedding is resized bicubically, and each global block's relative-position
+    tables exactly as the reference resizes a table that does not fit its grid (get_rel_pos).
+    Windowed blocks and every other weight are untouched; the round trip to the same size is
+    the identity."""
+    torch.manual_seed(0)
+    model = Sam(CONFIGS["toy"])
+    for p in model.parameters():  # the zero-initialised tables would compare trivially
+        torch.nn.init.normal_(p)
+    small = train_toy.resize_sam(model, 32)
+    assert small.config.image_size == 32 and small.config.image_embedding_size == 8
+    big, little = model.state_dict(), small.state_dict()
+    get_rel_pos = reference_package().modeling.image_encoder.get_rel_pos
+    offsets = torch.arange(8)[:, None] - torch.arange(8)[None] + 7  # (8, 8): h - h' shifted
+    resized = []
+    for name, value in big.items():
+        if "rel_pos" in name and value.shape[0] == 2 * 16 - 1:  # a global block's table
+            # the reference gathers the resized table at every (query, key) offset
+            assert torch.equal(little[name][offsets], get_rel_pos(8, 8, value))
+            resized.append(name)
+        elif name.endswith("pos_embed"):
+            expected = F.interpolate(value.permute(0, 3, 1, 2), (8, 8), mode="bicubic",
+                                     align_corners=False).permute(0, 2, 3, 1)
+            assert torch.equal(little[name], expected)
+        else:
+            assert torch.equal(little[name], value), name
+    assert len(resized) == 2 * len(CONFIGS["toy"].encoder_global_attn_indexes)
+    same = train_toy.resize_sam(model, 64).state_dict()
+    assert all(torch.equal(same[k], v) for k, v in big.items())
+    with torch.no_grad():  # and the small model runs on the small images
+        out = small.image_encoder(small.preprocess(torch.rand(2, 3, 32, 32) * 255))
+    assert out.shape == (2, CONFIGS["toy"].prompt_embed_dim, 8, 8)
+
+
+def test_growing_the_model_carries_adams_moments_where_shapes_stay():
+    torch.manual_seed(0)
+    small = Sam(dataclasses.replace(CONFIGS["toy"], image_size=32))
+    optimizer = train_toy.make_optimizer(small, 1e-3)
+    small.image_encoder.pos_embed.sum().backward()
+    small.mask_decoder.iou_token.weight.sum().backward()
+    optimizer.step()
+    big = train_toy.resize_sam(small, 64)
+    grown = train_toy.make_optimizer(big, 1e-3, optimizer.state_dict())
+    assert torch.equal(grown.state[big.mask_decoder.iou_token.weight]["exp_avg"],
+                       optimizer.state[small.mask_decoder.iou_token.weight]["exp_avg"])
+    assert big.image_encoder.pos_embed not in grown.state  # resized: its moments start afresh
+    big.image_encoder.pos_embed.sum().backward()
+    grown.step()  # and Adam starts them without complaint
+
+
+def test_a_checkpoint_of_the_small_steps_evaluates_at_full_size(tmp_path, tiny_evaluation):
+    """--small-fraction 0.5 of 6 steps: the checkpoint at step 2 holds the 32-px model;
+    --eval-only grows it and scores the full-size held-out images."""
+    state = train(tmp_path, "--steps", "6", "--small-fraction", "0.5", "--save-every", "2")
+    assert state["config"]["image_size"] == 64 and state["step"] == 6
+    small = train(tmp_path / "small", "--steps", "2", "--small-fraction", "0.5")
+    assert small["config"]["image_size"] == 64  # the run ended: it grew before its end
+    interrupted = tmp_path / "interrupted"
+    train(interrupted, "--steps", "6", "--small-fraction", "0.5", "--save-every", "1")
+    (interrupted / "metrics.json").unlink()
+    checkpoint = torch.load(interrupted / "ckpt.pt", weights_only=True)
+    first = dict(checkpoint, step=2, history=checkpoint["history"][:2])
+    # a checkpoint as the run wrote it at step 2, still at 32 px
+    model = train_toy.resize_sam(build_sam("toy", checkpoint=interrupted / "ckpt.pt"), 32)
+    torch.save({**first, "model": model.state_dict(),
+                "config": dataclasses.asdict(model.config)}, interrupted / "ckpt.pt")
+    train_toy.main(["--out", str(interrupted), "--eval-only"])
+    metrics = json.loads((interrupted / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and 0 <= metrics["box_miou"] <= 1
+
+
+def test_save_model_writes_a_loadable_model_and_the_json_of_its_claims(tmp_path,
+                                                                        tiny_evaluation,
+                                                                        monkeypatch):
+    monkeypatch.setattr(train_toy, "AMG_EVAL_IMAGES", 2)
+    train(tmp_path, "--steps", "4", "--save-model", str(tmp_path / "shipped" / "toy.pt"))
+    model = build_sam("toy", checkpoint=tmp_path / "shipped" / "toy.pt")
+    saved = torch.load(tmp_path / "shipped" / "toy.pt", weights_only=True)
+    assert "optimizer" not in saved and saved["step"] == 4
+    record = json.loads((tmp_path / "shipped" / "toy.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["metrics"] == {k: v for k, v in metrics.items() if k != "learning_curve"}
+    run, = record["runs"]
+    assert run["command"].startswith("python train_toy.py --out ") and run["from_step"] == 0
+    assert run["threads"] == torch.get_num_threads()
+    amg = record["automatic_masks"]
+    assert amg["settings"] == train_toy.TOY_AMG_SETTINGS and amg["images"] == 2
+    again = train_toy.automatic_mask_scores(model, train_toy.EVAL_SEEDS[:2],
+                                            **train_toy.TOY_AMG_SETTINGS)
+    assert {k: amg[k] for k in again} == again
+
+
+def test_precision_recall_counts_matches_both_ways():
+    square = np.zeros((1, 8, 8), bool)
+    square[0, :4, :4] = True
+    half = np.zeros((1, 8, 8), bool)
+    half[0, :4, :2] = True  # IoU 0.5 with the square: a match at the threshold
+    other = np.zeros((1, 8, 8), bool)
+    other[0, 6:, 6:] = True
+    scores = train_toy.precision_recall([np.concatenate([half, other]), np.zeros((0, 8, 8), bool)],
+                                        [square, np.concatenate([square, other])])
+    # 1 of 2 generated masks matches; 1 of 3 true masks is found; 2 masks over 2 images
+    assert scores == {"masks_per_image": 1.0, "precision": 0.5, "recall": 1 / 3}
+
+
 def test_interactive_training_rejects_a_schedule_without_a_first_prompt():
     model = Sam(CONFIGS["toy"])
     for iterations, no_click_passes in ((1, 1), (3, 3), (5, -1)):

@@ -19,6 +19,10 @@ import dataclasses
 import json
 import math
 import os
+import platform
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +44,8 @@ EVAL_IMAGES_PER_BATCH = 8  # held-out images encoded and decoded together
 # "Automatic masks of the toy model", which also scores them on today's).
 TOY_AMG_SETTINGS = dict(points_per_side=16, pred_iou_thresh=0.4, stability_score_thresh=0.3,
                         min_mask_region_area=8)
+REFERENCE_AMG_THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.95)
+AMG_EVAL_IMAGES = 16  # held-out images on which the automatic masks are scored
 
 # -----------------------------------------------------------------------------
 # 1. The toy world
@@ -358,6 +364,27 @@ def make_optimizer(model: minisam.Sam, lr: float, carried: dict = None):
     return optimizer
 
 
+def provenance(argv: list) -> dict:
+    """What a checkpoint's JSON says about how it was trained: the command, the code's commit
+    (and whether train_toy.py or minisam.py differed from it), the thread count and machine."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                  timeout=10).stdout.strip() or None
+        except OSError:  # no git on this machine
+            return None
+
+    return {"command": shlex.join(["python", "train_toy.py", *argv]),
+            "commit": git("rev-parse", "HEAD"),
+            "code_changed_since_commit": bool(git("status", "--porcelain", "train_toy.py",
+                                                  "minisam.py")),
+            "threads": torch.get_num_threads(),
+            "machine": f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()}, "
+                       f"torch {torch.__version__}"}
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """Write to a temporary file beside the target, then rename: a run killed at any instant
     leaves either the old complete checkpoint or the new one, never half of one."""
@@ -535,6 +562,38 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
     return box_iou, iou_pred, actual, torch.stack(by_clicks, dim=1), ambiguous, expected
 
 
+MATCH_IOU = 0.5  # an automatic mask "finds" a true mask when their IoU is at least this
+
+
+def precision_recall(generated: list, truths: list, match_iou: float = MATCH_IOU) -> dict:
+    """generated, truths: per image, bool masks (R, H, W) and (K, H, W). Precision: the fraction
+    of generated masks that overlap some true mask at IoU >= match_iou. Recall: the fraction of
+    true masks (wholes, parts and subparts alike) that some generated mask overlaps so."""
+    hits = total = found = asked = 0
+    for masks, truth in zip(generated, truths):
+        total, asked = total + len(masks), asked + len(truth)
+        if len(masks) and len(truth):
+            ious = mask_iou(torch.from_numpy(masks)[:, None], torch.from_numpy(truth)[None])
+            hits += int((ious.amax(1) >= match_iou).sum())
+            found += int((ious.amax(0) >= match_iou).sum())
+    return {"masks_per_image": total / max(len(generated), 1),
+            "precision": hits / max(total, 1), "recall": found / max(asked, 1)}
+
+
+def automatic_mask_scores(model: minisam.Sam, seeds, **settings) -> dict:
+    """Segment everything on the held-out images `seeds` with SamAutomaticMaskGenerator(model,
+    **settings) and score the masks against all the valid ones: `precision_recall`."""
+    generator = minisam.SamAutomaticMaskGenerator(model, **settings)
+    generated, truths = [], []
+    for seed in seeds:
+        image, masks = make_sample(seed, model.config.image_size)
+        records = generator.generate(image)
+        generated.append(np.array([r["segmentation"] for r in records], dtype=bool).reshape(
+            -1, *masks.shape[1:]))
+        truths.append(masks)
+    return precision_recall(generated, truths)
+
+
 # -----------------------------------------------------------------------------
 # Pictures
 
@@ -646,7 +705,7 @@ def make_figures(model: minisam.Sam, metrics: dict, history: list, out: Path) ->
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train minisam on the toy-shapes world.")
-    p.add_argument("--steps", type=int, default=1200, help="total optimisation steps")
+    p.add_argument("--steps", type=int, default=1600, help="total optimisation steps")
     p.add_argument("--out", type=Path, default=Path("out"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt to --steps")
     p.add_argument("--save-every", type=int, default=200, metavar="N")
@@ -667,10 +726,13 @@ def parse_args(argv=None):
     p.add_argument("--targets-per-image", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--small-fraction", type=float, default=0.75,
+    p.add_argument("--small-fraction", type=float, default=0.8,
                    help="the fraction of the steps taken on images rendered at --small-size "
                         "(progressive resizing; 0: none)")
     p.add_argument("--small-size", type=int, default=32, metavar="PX")
+    p.add_argument("--save-model", type=Path, metavar="PATH",
+                   help="also save the model alone (no optimizer) to PATH, loadable with "
+                        "build_sam, and its provenance and held-out metrics to PATH.json")
     args = p.parse_args(argv)
     for name in ("steps", "save_every", "curve_every", "iters", "images_per_step", "targets_per_image",
                  "warmup"):
@@ -695,6 +757,27 @@ def parse_args(argv=None):
     return args
 
 
+def save_model(path: Path, state: dict, metrics: dict) -> None:
+    """The shipped form of a trained model: its weights and history without the optimizer's
+    moments (a third of the size), and beside it a JSON of how it was made and what it scores,
+    automatic masks included: with TOY_AMG_SETTINGS and with the reference's thresholds."""
+    model = minisam.build_sam(SamConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in state["config"].items()}))
+    model.load_state_dict(state["model"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, state)
+    seeds = EVAL_SEEDS[:AMG_EVAL_IMAGES]
+    record = {"runs": state["runs"], "seed": state["seed"],
+              "metrics": {k: v for k, v in metrics.items() if k != "learning_curve"},
+              "automatic_masks": {
+                  "images": len(seeds), "match_iou": MATCH_IOU, "settings": TOY_AMG_SETTINGS,
+                  **automatic_mask_scores(model, seeds, **TOY_AMG_SETTINGS),
+                  "with_reference_thresholds": automatic_mask_scores(
+                      model, seeds, **{**TOY_AMG_SETTINGS, **REFERENCE_AMG_THRESHOLDS})}}
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+
+
 def pick_device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -706,6 +789,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(args.device)
@@ -721,7 +805,7 @@ def main(argv=None):
         return args.small_size if step < small_steps else config.image_size
 
     ckpt_path = args.out / "ckpt.pt"
-    step, history, state = 0, [], None
+    step, history, runs, state = 0, [], [], None
     if args.resume or args.eval_only:
         if not ckpt_path.exists():
             raise SystemExit(f"no checkpoint at {ckpt_path} to {'resume' if args.resume else 'evaluate'}")
@@ -732,7 +816,7 @@ def main(argv=None):
         # a checkpoint saved during the small steps holds the model at the small size
         saved = dataclasses.replace(config, image_size=state["config"]["image_size"])
         model = minisam.build_sam(saved, checkpoint=ckpt_path)  # checks the file fits config
-        step, history = state["step"], state["history"]
+        step, history, runs = state["step"], state["history"], state.get("runs", [])
         if args.resume and state["seed"] != args.seed:  # the seed picks every batch
             raise SystemExit(f"{ckpt_path} was trained with --seed {state['seed']}; resuming "
                              f"with --seed {args.seed} would draw other batches")
@@ -752,13 +836,16 @@ def main(argv=None):
 
     trainer = trainer_for(model)
     args.out.mkdir(parents=True, exist_ok=True)
+    if step < args.steps and not args.eval_only:
+        runs.append({**provenance(argv), "from_step": step})
+
+    def model_state():
+        return {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
+                "step": step, "seed": args.seed, "history": history, "runs": runs}
 
     def checkpoint():
         if rank == 0:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(),
-                                        "config": dataclasses.asdict(model.config),
-                                        "step": step, "optimizer": optimizer.state_dict(),
-                                        "seed": args.seed, "history": history})
+            save_checkpoint(ckpt_path, {**model_state(), "optimizer": optimizer.state_dict()})
 
     start, last_print = time.time(), 0.0
     first_step, minutes_before = step, history[-1]["minutes"] if history else 0.0
@@ -821,6 +908,8 @@ def main(argv=None):
               + " ".join(f"{v:.3f}" for v in metrics["miou_by_clicks"]))
         make_figures(model, metrics, history, args.out)
         print(f"wrote {ckpt_path}, {args.out / 'metrics.json'} and figures in {args.out}/")
+        if args.save_model:
+            save_model(args.save_model, model_state(), metrics)
     if world > 1:
         torch.distributed.destroy_process_group()
 
