@@ -1395,6 +1395,31 @@ def test_save_model_writes_a_loadable_model_and_the_json_of_its_claims(tmp_path,
     assert {k: amg[k] for k in again} == again
 
 
+SHIPPED = Path(__file__).parent / "lessons" / "toy_sam.pt"
+
+
+def test_the_shipped_toy_checkpoint_scores_what_its_json_says():
+    """lessons/toy_sam.pt and the claims beside it cannot drift apart: the held-out evaluation
+    and the automatic masks' scores are recomputed and compared with lessons/toy_sam.json.
+    The tolerance covers another CPU's summation order, which may flip a pixel whose logit is
+    within rounding of the threshold (one pixel of one mask moves a mean IoU by ~3e-5)."""
+    model = build_sam("toy", checkpoint=SHIPPED)
+    record = json.loads(SHIPPED.with_suffix(".json").read_text())
+    metrics = train_toy.evaluate(model)
+    assert record["metrics"]["steps"] == torch.load(SHIPPED, weights_only=True)["step"]
+    for key, value in record["metrics"].items():
+        if key not in ("steps", "train_minutes"):
+            assert metrics[key] == pytest.approx(value, abs=1e-4), key
+    amg = record["automatic_masks"]
+    assert amg["settings"] == train_toy.TOY_AMG_SETTINGS  # the code's settings are the scored ones
+    seeds = train_toy.EVAL_SEEDS[:amg["images"]]
+    for settings, scored in ((amg["settings"], amg),
+                             ({**amg["settings"], **train_toy.REFERENCE_AMG_THRESHOLDS},
+                              amg["with_reference_thresholds"])):
+        again = train_toy.automatic_mask_scores(model, seeds, **settings)
+        assert again == pytest.approx({k: scored[k] for k in again}, abs=1e-4)
+
+
 def test_precision_recall_counts_matches_both_ways():
     square = np.zeros((1, 8, 8), bool)
     square[0, :4, :4] = True
@@ -1502,8 +1527,9 @@ def test_bad_flags_are_argparse_errors(capsys):
 # Lessons: every Python block runs, every code name exists, every picture is made by code
 
 ROOT = Path(__file__).resolve().parent
-LESSONS = sorted((ROOT / "lessons").glob("*.md"))
-CODE_FILES = [ROOT / "minisam.py", ROOT / "train_toy.py", ROOT / "bench.py",
+LESSONS = sorted((ROOT / "lessons").glob("[0-9][0-9]_*.md"))
+DOCS = [*LESSONS, ROOT / "lessons" / "experiments.md", ROOT / "README.md"]
+CODE_FILES = [ROOT / "minisam.py", ROOT / "train_toy.py", ROOT / "bench.py", ROOT / "finetune.py",
               *sorted((ROOT / "lessons").glob("*.py"))]
 
 
@@ -1543,7 +1569,7 @@ def test_lessons_and_readme_name_only_code_that_exists():
     be in the code: a renamed function cannot leave a lesson pointing at nothing."""
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", "".join(p.read_text() for p in CODE_FILES)))
     missing = []
-    for doc in [*LESSONS, ROOT / "README.md"]:
+    for doc in DOCS:
         for name in re.findall(r"`([A-Za-z_][A-Za-z0-9_.]*)(?:\(\))?`", doc.read_text()):
             if re.search(r"\.(py|md|png|json|pt|pth|txt)$", name):
                 continue  # a file name, checked by the picture test or not code at all
@@ -1554,7 +1580,7 @@ def test_lessons_and_readme_name_only_code_that_exists():
 def test_every_picture_exists_and_is_drawn_by_code():
     figures = lessons_module("make_figures").FIGURES
     drawn_elsewhere = (ROOT / "lessons" / "data_engine.py").read_text()
-    for doc in [*LESSONS, ROOT / "README.md"]:
+    for doc in DOCS:
         for link in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", doc.read_text()):
             path = doc.parent / link
             assert path.exists(), f"{doc.name} shows {link}, which is not in the repo"

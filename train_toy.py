@@ -37,11 +37,10 @@ TRAIN_SEEDS = range(0, 10**6)  # training images are drawn from these seeds
 EVAL_SEEDS = range(10**6, 10**6 + 64)  # held-out images, never trained on
 CURVE_IMAGES = 16  # the first held-out images, evaluated during training: the learning curve
 EVAL_IMAGES_PER_BATCH = 8  # held-out images encoded and decoded together
-# Automatic-mask thresholds that suit the toy model. The reference's defaults (IoU 0.88,
-# stability 0.95) are for ViT-H on photographs, a model far more certain of its masks: the
-# default toy run's IoU head predicts at most about 0.6 and its logits fall off gently, so
-# nothing would pass them. Chosen on held-out grid masks of an earlier default run (README,
-# "Automatic masks of the toy model", which also scores them on today's).
+# Automatic-mask thresholds for the shipped toy checkpoint (lessons/toy_sam.pt). The
+# reference's defaults (IoU 0.88, stability 0.95) are for ViT-H on photographs; chosen for the
+# toy on held-out images other than the ones its JSON scores them on (lessons/experiments.md,
+# "Which automatic-mask thresholds suit the toy model?").
 TOY_AMG_SETTINGS = dict(points_per_side=16, pred_iou_thresh=0.4, stability_score_thresh=0.3,
                         min_mask_region_area=8)
 REFERENCE_AMG_THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.95)
@@ -150,7 +149,7 @@ def make_world(seed: int, image_size: int = None):
     masks, parents = np.array(masks), np.array(parents)
     # drop what occlusion and the border left too small to be a target: under 1/128 of the
     # image, i.e. two of the toy encoder's 4x4 patches, which its 16x16 embedding grid can
-    # hardly place (README, "The toy world's smallest targets"). A part is never larger
+    # hardly place (lessons/experiments.md, "How small may a target be?"). A part is never larger
     # than its whole, so a kept part always keeps its parent.
     keep = masks.sum((1, 2)) >= S * S // 128
     new_index = np.cumsum(keep) - 1
@@ -317,8 +316,8 @@ def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warmup, then step decay x0.1 at 85% and at 26/27 of training. The paper's first
     decay comes at 2/3, but it starts from a pre-trained encoder; from scratch, the toy model
     spends its first 200-350 steps on a plateau, and decaying at 2/3 of a 700-step run
-    left it too few steps at full rate (README, "Toy training results": box mIoU 0.616 against
-    0.636)."""
+    left it too few steps at full rate (lessons/experiments.md, "Do the optimiser's settings
+    matter?")."""
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.1 ** ((step >= total * 0.85) + (step >= total * 26 / 27))
@@ -717,7 +716,7 @@ def parse_args(argv=None):
                    help="held-out box and 1-click mIoU every N steps (the learning curve)")
     # 3 = the first prompt + 2 corrective clicks. The paper's 11 passes (8 clicks, 2 passes
     # without a new click) cost 3.5 times as much per step; in a 10-minute budget, more steps
-    # of fewer passes do better (README, "Toy training results").
+    # of fewer passes do better (lessons/experiments.md, "How many decoder passes per target?").
     p.add_argument("--iters", type=int, default=3,
                    help="decoder passes per target (the paper: 11 = 1 + 8 clicks + 2 without)")
     p.add_argument("--no-click-passes", type=int, default=0, choices=(0, 1, 2),
