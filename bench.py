@@ -11,18 +11,65 @@ repeats after a warm-up. Without the reference installed the ratio column stays 
 """
 
 import argparse
+import importlib
 import platform
 import resource
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import torch
 
-from minisam import CONFIGS, Sam, SamAutomaticMaskGenerator, SamPredictor
-from test_minisam import random_sam, reference_package, reference_sam
+from minisam import CONFIGS, Sam, SamAutomaticMaskGenerator, SamConfig, SamPredictor
 from train_toy import EVAL_SEEDS, InteractiveTraining, make_sample, training_batch
 from train_toy import parse_args as parse_training_args
+
+
+def random_sam(cfg: SamConfig, seed: int = 0) -> Sam:
+    """A minisam model whose every weight is random and O(1)-scaled (the zero-initialised
+    relative positions and position embedding included), so that every path computes
+    something (the parity tests use it too)."""
+    torch.manual_seed(seed)
+    model = Sam(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape) * (0.5 if p.dim() == 1 else p[0].numel() ** -0.5))
+    return model
+
+
+def reference_sam(cfg: SamConfig, segment_anything):
+    """The reference model with cfg's sizes, assembled from the classes of the reference
+    package (the module `segment_anything`); load minisam's state_dict into it to compare."""
+    modeling = segment_anything.modeling
+    g = cfg.image_size // cfg.patch_size
+    encoder = modeling.ImageEncoderViT(
+        depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=cfg.image_size,
+        mlp_ratio=cfg.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=cfg.encoder_num_heads, patch_size=cfg.patch_size, qkv_bias=True,
+        use_rel_pos=True, global_attn_indexes=cfg.encoder_global_attn_indexes,
+        window_size=cfg.window_size, out_chans=cfg.prompt_embed_dim)
+    prompt_encoder = modeling.PromptEncoder(
+        embed_dim=cfg.prompt_embed_dim, image_embedding_size=(g, g),
+        input_image_size=(cfg.image_size, cfg.image_size), mask_in_chans=cfg.mask_in_chans)
+    decoder = modeling.MaskDecoder(
+        num_multimask_outputs=cfg.num_multimask_outputs,
+        transformer=modeling.TwoWayTransformer(
+            depth=cfg.decoder_depth, embedding_dim=cfg.prompt_embed_dim,
+            mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads),
+        transformer_dim=cfg.prompt_embed_dim, iou_head_depth=cfg.iou_head_depth,
+        iou_head_hidden_dim=cfg.iou_head_hidden_dim)
+    return modeling.Sam(encoder, prompt_encoder, decoder, list(cfg.pixel_mean),
+                        list(cfg.pixel_std)).eval()
+
+
+def twin(model: Sam, segment_anything):
+    """The reference model with `model`'s weights, or None without the reference."""
+    if segment_anything is None:
+        return None
+    theirs = reference_sam(model.config, segment_anything)
+    theirs.load_state_dict(model.state_dict())
+    return theirs
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 1) -> dict:
@@ -72,6 +119,10 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
+    try:  # the reference, from requirements-test.txt
+        sa = importlib.import_module("segment_anything")
+    except Exception:  # a torchvision built for another torch raises RuntimeError, not ImportError
+        sa = None
     torch.manual_seed(0)
     rows = []  # (what, minisam, reference, unit)
 
@@ -115,11 +166,7 @@ def main():
     # ViT-B image encoder at 1024x1024, fp32 and bf16
     cfg = CONFIGS["vit_b"]
     ours = random_sam(cfg)
-    try:
-        theirs = reference_sam(cfg)
-        theirs.load_state_dict(ours.state_dict())
-    except BaseException:  # pytest.skip raises a BaseException when the reference is absent
-        theirs = None
+    theirs = twin(ours, sa)
     x = torch.randn(1, 3, 1024, 1024)
 
     @torch.no_grad()
@@ -160,14 +207,12 @@ def main():
 
     # SamPredictor.predict per click after set_image (the annotation tool's loop)
     image = (torch.rand(1024, 768, 3) * 255).to(torch.uint8).numpy()
-    for name, model, ref_model in (("ViT-B", ours, theirs),
-                                   ("toy", random_sam(CONFIGS["toy"]), None)):
+    toy = random_sam(CONFIGS["toy"])
+    toy_ref = twin(toy, sa)
+    for name, model, ref_model in (("ViT-B", ours, theirs), ("toy", toy, toy_ref)):
         predictors = {"ours": SamPredictor(model)}
-        if name == "toy" and theirs is not None:
-            ref_model = reference_sam(CONFIGS["toy"])
-            ref_model.load_state_dict(model.state_dict())
         if ref_model is not None:
-            predictors["ref"] = reference_package().SamPredictor(ref_model)
+            predictors["ref"] = sa.SamPredictor(ref_model)
         for predictor in predictors.values():
             predictor.set_image(image)
         fns = {k: (lambda p=p: p.predict(point_coords=np.array([[400, 300]]),
@@ -178,13 +223,10 @@ def main():
 
     # automatic masks on a toy image with the toy model and a 32x32 grid
     toy_image, _ = make_sample(EVAL_SEEDS[0])
-    toy = random_sam(CONFIGS["toy"])
     fns = {"ours": lambda: SamAutomaticMaskGenerator(toy, pred_iou_thresh=0,
                                                      stability_score_thresh=0).generate(toy_image)}
-    if theirs is not None:
-        toy_ref = reference_sam(CONFIGS["toy"])
-        toy_ref.load_state_dict(toy.state_dict())
-        fns["ref"] = lambda: reference_package().SamAutomaticMaskGenerator(
+    if toy_ref is not None:
+        fns["ref"] = lambda: sa.SamAutomaticMaskGenerator(
             toy_ref, pred_iou_thresh=0, stability_score_thresh=0).generate(toy_image)
     t = median_times(fns, 1 if args.quick else 3)
     row("automatic masks, toy model, 32x32 grid", t["ours"], t.get("ref"))

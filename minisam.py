@@ -147,22 +147,9 @@ def relative_position_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: 
     return bias.reshape(q.shape[0], rows * w, h * w)
 
 
-# The encoder's attention is computed in chunks of at most this many bytes of logits. A
-# ViT-B global block has 12 heads x 4096 x 4096 logits, 805 MB in float32: memory that large
-# comes fresh from the operating system every time, and faulting its pages in costs ten times
-# more than filling them. A few query rows of one head at a time, the logits stay in the
-# cache and the allocator hands the same memory back chunk after chunk. Plain matmul-softmax-
-# matmul on such chunks is as fast as PyTorch's fused attention kernel in float32, and about
-# three times faster in bfloat16 (README, "Speed").
-LOGITS_CHUNK_BYTES = 2 ** 22
-# The MLP's hidden layer, mlp_ratio times wider than the tokens, takes 50 MB per 1024-px image
-# in float32: above the 32 MB beyond which glibc maps every allocation afresh from the OS. So
-# the MLP runs on bands of grid rows, each with at most this many bytes of hidden layer.
-MLP_CHUNK_BYTES = 2 ** 24
-
-
 class EncoderAttention(nn.Module):
-    """Multi-head self-attention over a (B, h, w, C) grid with relative-position logits."""
+    """Multi-head self-attention over a (B, h, w, C) grid of tokens, each head computing
+    softmax(q k^T * scale + relative position bias) v."""
 
     def __init__(self, dim: int, num_heads: int, grid: int):
         super().__init__()
@@ -179,20 +166,13 @@ class EncoderAttention(nn.Module):
         B, h, w, C = x.shape
         qkv = self.qkv(x).reshape(B, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, B * self.num_heads, h * w, -1)  # each (B*heads, h*w, d)
-        chunk = LOGITS_CHUNK_BYTES // q.element_size()  # logits per chunk
-        rows = max(1, min(h, chunk // (w * h * w)))  # grid rows of queries per chunk
-        items = max(1, chunk // (rows * w * h * w))  # (window or image, head) pairs per chunk
-        out = []
-        for n in range(0, len(q), items):
-            band = []
-            for r in range(0, h, rows):
-                q_chunk = q[n:n + items, r * w:(r + rows) * w]  # (items, rows*w, d)
-                bias = relative_position_bias(q_chunk, self.rel_pos_h, self.rel_pos_w, (h, w), r)
-                logits = torch.baddbmm(bias, q_chunk, k[n:n + items].transpose(1, 2),
-                                       alpha=self.scale)  # (items, rows*w, h*w)
-                band.append(logits.softmax(dim=-1) @ v[n:n + items])
-            out.append(torch.cat(band, dim=1))  # (items, h*w, d)
-        x = torch.cat(out).view(B, self.num_heads, h, w, -1)
+
+        def logits(q, k, first_row):  # q: the queries of the grid rows from first_row on
+            bias = relative_position_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), first_row)
+            return torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scale)  # + q k^T * scale
+
+        x = attention_in_chunks(logits, q, k, v, w)  # softmax(logits) v: (B*heads, h*w, d)
+        x = x.view(B, self.num_heads, h, w, -1)
         return self.proj(x.permute(0, 2, 3, 1, 4).reshape(B, h, w, C))
 
 
@@ -217,7 +197,8 @@ def window_unpartition(windows: torch.Tensor, window: int, size: Tuple[int, int]
 
 
 class Block(nn.Module):
-    """Pre-norm ViT block; window=0 means global attention over the whole grid."""
+    """Pre-norm ViT block: x + attention(norm1(x)), then x + mlp(norm2(x)). The attention is
+    inside windows of `window` tokens a side, or global over the whole grid if window=0."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window: int, grid: int):
         super().__init__()
@@ -235,15 +216,9 @@ class Block(nn.Module):
         else:
             y = self.attn(y)
         x = x + y
-        B, _, w, _ = x.shape
-        # bytes of hidden layer per grid row
-        row_bytes = B * w * self.mlp.lin1.out_features * x.element_size()
-        out = [band + self.mlp(self.norm2(band))
-               for band in x.split(max(1, MLP_CHUNK_BYTES // row_bytes), dim=1)]
-        # a single band (the toy's, at train_toy's batch sizes) is returned as it is: through
-        # cat, even one tensor changes the float order of the backward pass, and with it every
-        # trained toy number
-        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        # the MLP sees each token on its own, so it may run on a few grid rows at a time
+        return tokenwise_in_bands(lambda x: x + self.mlp(self.norm2(x)), x,
+                                  hidden=self.mlp.lin1.out_features)
 
 
 class ImageEncoderViT(nn.Module):
@@ -273,6 +248,59 @@ class ImageEncoderViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+
+# Memory, not modelling: the encoder's attention and MLP in pieces. Nothing of SAM and nothing
+# of the paper is here: the two helpers below compute softmax(logits) v and a function of each
+# token, f(x), as one call would (up to float rounding), only in pieces small enough that
+# memory stays cheap. Skip them on a first reading.
+
+# The attention is computed in chunks of at most this many bytes of logits. A ViT-B global
+# block has 12 heads x 4096 x 4096 logits, 805 MB in float32: memory that large comes fresh
+# from the operating system every time, and faulting its pages in costs ten times more than
+# filling them. A few query rows of one head at a time, the logits stay in the cache and the
+# allocator hands the same memory back chunk after chunk. Plain matmul-softmax-matmul on such
+# chunks is as fast as PyTorch's fused attention kernel in float32, and about three times
+# faster in bfloat16 (README, "Speed").
+LOGITS_CHUNK_BYTES = 2 ** 22
+# The MLP's hidden layer, mlp_ratio times wider than the tokens, takes 50 MB per 1024-px image
+# in float32: above the 32 MB beyond which glibc maps every allocation afresh from the OS. So
+# the MLP runs on bands of grid rows, each with at most this many bytes of hidden layer.
+MLP_CHUNK_BYTES = 2 ** 24
+
+
+def attention_in_chunks(logits, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        w: int) -> torch.Tensor:
+    """softmax(logits(q, k, 0)) @ v, for queries, keys and values (N, h*w, d) of N (window or
+    image, head) pairs on a grid w tokens wide; logits(q_rows, k, first_row) gives the
+    (n, r*w, h*w) logits of the queries of r grid rows from first_row on. The softmax runs
+    over each query's own logits, so taking a few rows of a few pairs at a time, at most
+    LOGITS_CHUNK_BYTES of logits, changes nothing but the memory."""
+    h = q.shape[1] // w
+    chunk = LOGITS_CHUNK_BYTES // q.element_size()  # logits per chunk
+    rows = max(1, min(h, chunk // (w * h * w)))  # grid rows of queries per chunk
+    items = max(1, chunk // (rows * w * h * w))  # (window or image, head) pairs per chunk
+    out = []
+    for n in range(0, len(q), items):
+        band = []
+        for r in range(0, h, rows):
+            q_chunk = q[n:n + items, r * w:(r + rows) * w]  # (items, rows*w, d)
+            band.append(logits(q_chunk, k[n:n + items], r).softmax(dim=-1) @ v[n:n + items])
+        out.append(torch.cat(band, dim=1))  # (items, h*w, d)
+    return torch.cat(out)
+
+
+def tokenwise_in_bands(f, x: torch.Tensor, hidden: int) -> torch.Tensor:
+    """f(x) for a (B, h, w, C) grid and a function f of each token on its own (the block's
+    norm2, MLP and residual) whose largest intermediate has `hidden` values per token: f runs
+    on bands of grid rows with at most MLP_CHUNK_BYTES of that intermediate each."""
+    B, _, w, _ = x.shape
+    row_bytes = B * w * hidden * x.element_size()  # bytes of the intermediate per grid row
+    out = [f(band) for band in x.split(max(1, MLP_CHUNK_BYTES // row_bytes), dim=1)]
+    # a single band (the toy's, at train_toy's batch sizes) is returned as it is: through
+    # cat, even one tensor changes the float order of the backward pass, and with it every
+    # trained toy number
+    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 # -----------------------------------------------------------------------------
@@ -684,14 +712,17 @@ def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
     config: a preset name from CONFIGS ("toy", "vit_b", "vit_l", "vit_h") or a SamConfig.
     checkpoint: path to an official SAM .pth (a raw state dict, e.g. sam_vit_b_01ec64.pth) or
         to a train_toy.py checkpoint (a dict with "model" and "config").
-    device: where to put the model (default: cpu). Returns the model in eval mode."""
+    device: where to put the model; None leaves it where it was built: on the CPU, or on the
+        default device (`with torch.device("meta"):` builds a model without memory, to count
+        its parameters). Returns the model in eval mode."""
     if isinstance(config, str):
         if config not in CONFIGS:
             raise ValueError(f"config {config!r} is not a preset; known presets: {list(CONFIGS)}")
         config = CONFIGS[config]
     elif not isinstance(config, SamConfig):
         raise TypeError(f"config must be a preset name or a SamConfig, got {type(config).__name__}")
-    device = check_device("cpu" if device is None else device)  # 0 means cuda:0
+    if device is not None:  # not `if device`: 0 means cuda:0
+        device = check_device(device)  # before a checkpoint of gigabytes is read
     model = Sam(config)
     if checkpoint is not None:
         try:
@@ -716,7 +747,7 @@ def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
             state = state["model"]
         _check_fits(state, config, _shapes(model.state_dict()))
         model.load_state_dict(state)
-    return model.to(device).eval()
+    return (model if device is None else model.to(device)).eval()
 
 
 # -----------------------------------------------------------------------------

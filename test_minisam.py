@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import time
 from functools import partial
 from pathlib import Path
 
+import matplotlib.image
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import finetune
 import minisam
 from minisam import CONFIGS, Sam, SamConfig, build_sam, dice_loss, focal_loss, sam_loss
 
@@ -1679,3 +1683,651 @@ def test_data_engine_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit) as e:
         data_engine.parse_args(argv)
     assert e.value.code == 2
+
+
+# -----------------------------------------------------------------------------
+# The encoder's memory helpers, build_sam's device, bench.py on its own
+
+# N = 7 (window or image, head) pairs on a 5 x 3 grid: logits take 4 x 15 x 15 bytes per pair.
+# 360 bytes: two grid rows of one pair per chunk (5 rows do not split evenly); 2700 bytes:
+# all rows of 3 pairs (7 pairs do not split evenly); 1: one row of one pair; None: one chunk.
+@pytest.mark.parametrize("logits_bytes", [1, 360, 2700, None])
+def test_attention_in_chunks_is_softmax_of_the_logits_times_v(logits_bytes, monkeypatch):
+    if logits_bytes:
+        monkeypatch.setattr(minisam, "LOGITS_CHUNK_BYTES", logits_bytes)
+    g = torch.Generator().manual_seed(0)
+    N, h, w, d = 7, 5, 3, 4
+    q, k, v = torch.randn(3, N, h * w, d, generator=g)
+    rel_pos_h, rel_pos_w = torch.randn(2 * h - 1, d, generator=g), torch.randn(2 * w - 1, d, generator=g)
+
+    def logits(q, k, first_row):  # as EncoderAttention's, with scale 0.5
+        bias = minisam.relative_position_bias(q, rel_pos_h, rel_pos_w, (h, w), first_row)
+        return bias + 0.5 * q @ k.transpose(1, 2)
+
+    whole = logits(q, k, 0).softmax(dim=-1) @ v
+    assert_close(minisam.attention_in_chunks(logits, q, k, v, w), whole, rel=1e-6,
+                 what=f"attention in chunks of {logits_bytes} bytes")
+
+
+@pytest.mark.parametrize("mlp_bytes", [1, None], ids=["one_row_per_band", "one_band"])
+def test_tokenwise_in_bands_is_one_call_of_the_function(mlp_bytes, monkeypatch):
+    """Forward and gradients; a single band (every toy input) is the very same arithmetic as one
+    call, to the bit, so banding did not change any trained toy number."""
+    if mlp_bytes:
+        monkeypatch.setattr(minisam, "MLP_CHUNK_BYTES", mlp_bytes)
+    block = random_sam(CONFIGS["toy"]).image_encoder.blocks[0]
+
+    def f(x):  # the block's second half
+        return x + block.mlp(block.norm2(x))
+
+    x = torch.randn(2, 5, 3, CONFIGS["toy"].encoder_embed_dim)
+    upstream = torch.randn(x.shape)
+    results = []
+    for run in (lambda x: minisam.tokenwise_in_bands(f, x, block.mlp.lin1.out_features), f):
+        block.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_(True)
+        y = run(leaf)
+        (y * upstream).sum().backward()
+        results.append([y, leaf.grad, *(p.grad for p in block.mlp.parameters())])
+    for banded, whole in zip(*results):
+        if mlp_bytes:
+            assert_close(banded, whole, rel=1e-6)
+        else:
+            assert torch.equal(banded, whole)
+
+
+def test_build_sam_leaves_the_model_where_it_was_built_unless_given_a_device(tmp_path):
+    with torch.device("meta"):  # the usual way to count a large model's parameters
+        model = build_sam("vit_b")
+    assert all(p.is_meta for p in model.parameters()) and model.device.type == "meta"
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS["vit_b"]
+    assert not model.training
+    with torch.device("meta"), pytest.raises(ValueError, match="device 'gpu9'"):
+        build_sam("vit_b", checkpoint=tmp_path / "absent.pth", device="gpu9")  # checked first
+    assert all(p.device.type == "cpu" for p in build_sam("toy").parameters())
+    moved = build_sam("toy", device="meta")  # a given device moves the model
+    assert all(p.is_meta for p in moved.parameters()) and moved.device.type == "meta"
+
+
+def test_bench_does_not_import_the_tests():
+    check = "import sys, bench; assert 'test_minisam' not in sys.modules, 'bench imports the tests'"
+    subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True)
+
+
+# -----------------------------------------------------------------------------
+# The figures (lessons/make_figures.py)
+
+# the figures that draw a trained model: each must come from the checkpoint it is given
+TRAINED_MODEL_FIGURES = ("hero", "one_click_three_masks", "decoder_attention",
+                         "simulated_annotation", "miou_vs_clicks", "stability_score",
+                         "automatic_masks")
+
+
+@pytest.fixture
+def figures(tmp_path, monkeypatch):
+    """make_figures, writing into tmp_path/figures, on a few held-out images; its checkpoint
+    (set by main) and its loaded models are put back afterwards."""
+    make_figures = lessons_module("make_figures")
+    # the first six held-out images hold three objects of three levels (the hero's choice)
+    monkeypatch.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 6))
+    monkeypatch.setattr(train_toy, "AMG_EVAL_IMAGES", 2)
+    monkeypatch.setattr(make_figures, "DPI", 30)  # small pictures save faster
+    monkeypatch.setattr(make_figures, "FIGURES_DIR", tmp_path / "figures")
+    monkeypatch.setattr(make_figures, "CHECKPOINT", make_figures.CHECKPOINT)
+    monkeypatch.setattr(make_figures, "DEFAULT_RUN", None)
+    yield make_figures
+    make_figures._load.cache_clear()
+
+
+def test_every_figure_of_a_trained_model_is_drawn_from_the_checkpoint_given(figures, tmp_path,
+                                                                            capsys):
+    # a random toy model (O(1) weights, so its masks are not empty) saved as train_toy saves
+    model = random_sam(CONFIGS["toy"], seed=0)
+    checkpoint = tmp_path / "toy.pt"
+    train_toy.save_checkpoint(checkpoint, {"model": model.state_dict(),
+                                           "config": dataclasses.asdict(model.config),
+                                           "step": 7, "seed": 0, "history": []})
+    assert set(TRAINED_MODEL_FIGURES) <= set(figures.FIGURES)
+    only = [arg for name in TRAINED_MODEL_FIGURES for arg in ("--only", name)]
+    figures.main(["--checkpoint", str(checkpoint), *only])
+    for name in TRAINED_MODEL_FIGURES:
+        picture = plt.imread(tmp_path / "figures" / f"{name}.png")
+        assert picture.ndim == 3 and min(picture.shape[:2]) > 60, name
+    assert f"{checkpoint} (7 steps)" in capsys.readouterr().out  # loaded once, from there
+    assert figures.model_label() == "toy.pt, 7 training steps"  # what the titles print
+
+
+def test_the_figures_default_to_the_shipped_checkpoint_and_say_clearly_when_it_is_missing(
+        figures, tmp_path):
+    assert figures.CHECKPOINT == figures.SHIPPED == ROOT / "lessons" / "toy_sam.pt"
+    missing = tmp_path / "nowhere" / "toy_sam.pt"
+    with pytest.raises(SystemExit) as err:
+        figures.main(["--checkpoint", str(missing), "--only", "hero"])
+    assert str(missing) in str(err.value) and "lessons/toy_sam.pt" in str(err.value)
+    assert not (tmp_path / "figures" / "hero.png").exists()
+    # a figure with no trained model in it needs no checkpoint
+    figures.main(["--checkpoint", str(missing), "--only", "window_attention"])
+    assert (tmp_path / "figures" / "window_attention.png").stat().st_size > 0
+
+
+# -----------------------------------------------------------------------------
+# The click demo (lessons/click_demo.py), driven headless by synthetic events
+
+@pytest.fixture
+def click_demo():
+    return lessons_module("click_demo")
+
+
+def toy_demo(click_demo, image=None, **kwargs):
+    """A ClickDemo on an Agg canvas with a fresh toy model, on a non-square held-out image
+    unless one is given."""
+    torch.manual_seed(0)
+    model = Sam(CONFIGS["toy"]).eval()
+    if image is None:
+        image = train_toy.make_sample(train_toy.EVAL_SEEDS[0], 80)[0][:, 10:70]  # 80 x 60
+    return click_demo.ClickDemo(minisam.SamPredictor(model), image,
+                                click_demo.headless_figure(), **kwargs)
+
+
+def near(xy):
+    """Equal within a screen pixel (a panel shows this 80 x 60 image about 4 times enlarged):
+    mouse events land on whole screen pixels."""
+    return pytest.approx(xy, abs=0.2)
+
+
+def shows(click_demo, panel, masks) -> bool:
+    """The panel's picture is its image, opaque, with everything outside these masks dimmed
+    and each outlined (nothing, with no masks)."""
+    shown = [panel.resize(m) for m in masks]
+    inside = np.logical_or.reduce(shown) if masks else np.ones(panel.shown.shape[:2], bool)
+    expected = np.where(inside[..., None], panel.shown,
+                        (panel.shown * (1 - click_demo.DIM)).astype(np.uint8))
+    for mask in shown:
+        inner, outer = click_demo.edges(mask)
+        expected[outer], expected[inner] = 0, 255
+    picture = panel.picture.get_array()
+    return (picture[..., 3] == 255).all() and np.array_equal(picture[..., :3], expected)
+
+
+def test_click_demo_left_click_adds_a_point_and_draws_three_masks_of_the_images_shape(click_demo):
+    demo = toy_demo(click_demo)
+    H, W = demo.image.shape[:2]
+    click_demo.send_click(demo, 20.0, 33.0)
+    assert demo.points == [near((20.0, 33.0))] and demo.labels == [1]
+    assert demo.masks.shape == (3, H, W) and demo.ious.shape == (3,)
+    # the same masks as asking the predictor directly: one ambiguous click, three answers
+    masks, ious, _ = demo.predictor.predict(np.array(demo.points), np.array([1]))
+    assert np.array_equal(demo.masks, masks) and np.allclose(demo.ious, ious)
+    # each mask panel dims exactly the outside of its mask; the first panel, of the best one
+    prompt, *panels = demo.panels
+    for panel, mask in zip(panels, demo.masks):
+        assert shows(click_demo, panel, [mask])
+    assert shows(click_demo, prompt, [demo.masks[ious.argmax()]])
+    for panel in demo.panels:  # the click is drawn on every panel, as a foreground point
+        assert panel.positives.get_xydata().tolist() == [list(demo.points[0])]
+        assert len(panel.negatives.get_xydata()) == 0
+    assert "predicted IoU" in panels[0].ax.get_title()  # and the number under the picture:
+    assert [p.note.get_text() for p in panels] == [f"{iou:.2f}" for iou in ious]
+    assert [p.note.get_fontweight() for p in panels] == [
+        "bold" if k == ious.argmax() else "normal" for k in range(3)]
+
+
+def test_click_demo_right_click_is_a_background_point_and_two_clicks_give_one_mask(click_demo):
+    demo = toy_demo(click_demo)
+    H, W = demo.image.shape[:2]
+    click_demo.send_click(demo, 40.0, 10.0, button=click_demo.MouseButton.RIGHT)
+    assert demo.labels == [0] and demo.points == [near((40.0, 10.0))]
+    first_best = demo.predictor.predict(np.array(demo.points), np.array([0]))[2][
+        demo.ious.argmax()]
+    click_demo.send_click(demo, 15.0, 50.0)
+    assert demo.labels == [0, 1] and demo.masks.shape == (1, H, W)
+    # no longer ambiguous: the single-output head, refining the first click's best mask
+    masks, _, _ = demo.predictor.predict(np.array(demo.points), np.array([0, 1]),
+                                         mask_input=first_best[None], multimask_output=False)
+    assert np.array_equal(demo.masks, masks)
+    assert demo.panels[0].negatives.get_xydata().tolist() == [list(demo.points[0])]
+    assert demo.panels[3].note.get_text() == ""  # the third mask panel has nothing to show
+
+
+def test_click_demo_drag_is_a_box_prompt_clipped_to_the_image(click_demo):
+    demo = toy_demo(click_demo)
+    H, W = demo.image.shape[:2]
+    click_demo.send_click(demo, 50.0, 60.0, to=(10.0, 20.0))  # dragged up and to the left
+    assert demo.box == near([10.0, 20.0, 50.0, 60.0]) and demo.points == []
+    masks, _, _ = demo.predictor.predict(box=np.array(demo.box), multimask_output=False)
+    assert demo.masks.shape == (1, H, W) and np.array_equal(demo.masks, masks)
+    x, y = demo.panels[1].box.get_xy()
+    assert demo.panels[1].box.get_visible() and [x, y] == demo.box[:2]
+    click_demo.send_click(demo, 5.0, 5.0, to=(W + 30.0, H + 30.0))  # ends outside the axes
+    assert demo.box == near([5.0, 5.0, W - 1, H - 1])
+
+
+def test_click_demo_automatic_key_draws_the_records_and_escape_clears(click_demo):
+    torch.manual_seed(0)
+    model = Sam(CONFIGS["toy"]).eval()
+    # no thresholds: a random model's masks pass, so there is something to draw
+    automatic = minisam.SamAutomaticMaskGenerator(model, points_per_side=3, pred_iou_thresh=0,
+                                                  stability_score_thresh=0)
+    image = train_toy.make_sample(train_toy.EVAL_SEEDS[1])[0]
+    demo = click_demo.ClickDemo(minisam.SamPredictor(model), image,
+                                click_demo.headless_figure(), automatic=automatic)
+    click_demo.send_click(demo, 30.0, 30.0)
+    click_demo.send_key(demo, "a")
+    records = automatic.generate(image)
+    assert len(demo.records) == len(records) > 0
+    assert all(np.array_equal(a["segmentation"], b["segmentation"])
+               for a, b in zip(demo.records, records))
+    # tinted where a mask is (a tint half-way to a random colour changes almost every
+    # pixel), outlined, and untouched elsewhere
+    prompt = demo.panels[0]
+    shown = [prompt.resize(r["segmentation"]) for r in records]
+    union = np.logical_or.reduce(shown)
+    around = np.logical_or.reduce([click_demo.edges(m)[1] for m in shown])  # black outlines
+    picture = prompt.picture.get_array()[..., :3]
+    changed = (picture != prompt.shown).any(-1)
+    assert not changed[~union & ~around].any() and changed[union].mean() > 0.99
+    assert (picture[around & ~union] == 0).all()
+    assert demo.points == [] and demo.masks is None  # the prompts made way
+    assert str(len(records)) in demo.status.get_text()
+    click_demo.send_key(demo, "escape")
+    assert demo.records is None
+    for panel in demo.panels:
+        assert shows(click_demo, panel, [])
+
+
+def test_click_demo_next_image_key_encodes_it_and_clears_the_prompts(click_demo):
+    sample = train_toy.make_sample(train_toy.EVAL_SEEDS[2], 48)
+    demo = toy_demo(click_demo, next_sample=lambda: sample)
+    click_demo.send_click(demo, 20.0, 20.0)
+    click_demo.send_key(demo, "n")
+    assert demo.image is sample[0] and demo.truth is sample[1]
+    assert demo.predictor.original_size == (48, 48) and demo.points == []
+    assert demo.axes[0].get_xlim() == (-0.5, 47.5)
+    click_demo.send_click(demo, 20.0, 20.0)  # true IoUs against the new image's masks
+    assert demo.masks.shape == (3, 48, 48) and "true IoU" in demo.panels[1].ax.get_title()
+    assert len(demo.panels[1].note.get_text().split(", ")) == 2  # predicted, true
+
+
+def test_click_demo_edges_are_the_pixels_on_either_side_of_the_border(click_demo):
+    mask = np.zeros((4, 5), bool)
+    mask[2, 3] = True
+    inner, outer = click_demo.edges(mask)
+    assert np.array_equal(inner, mask)  # a single pixel is all border
+    assert sorted(zip(*np.nonzero(outer))) == [(1, 3), (2, 2), (2, 4), (3, 3)]  # 4-neighbours
+    inner, outer = click_demo.edges(np.ones((3, 3), bool))  # the image's border is a border
+    assert inner.sum() == 8 and not inner[1, 1] and not outer.any()
+
+
+def test_click_demo_pictures_keep_the_images_pixel_frame(click_demo):
+    for shape in ((64, 64, 3), (1000, 700, 3)):  # a toy image shown larger, a photo smaller
+        demo = toy_demo(click_demo, image=np.zeros(shape, np.uint8))
+        panel = demo.panels[1]
+        side = max(panel.shown.shape[:2])
+        assert click_demo.DISPLAY_SIDE * 0.75 < side <= click_demo.DISPLAY_SIDE
+        x0, x1, y1, y0 = panel.picture.get_extent()
+        assert (x0, y0) == (-0.5, -0.5) and x1 >= shape[1] - 0.5 and y1 >= shape[0] - 0.5
+        assert demo.axes[1].get_xlim() == (-0.5, shape[1] - 0.5)
+
+
+def test_click_demo_reads_png_and_jpeg_and_rejects_bad_files(click_demo, tmp_path):
+    import matplotlib.image
+    rgb = train_toy.make_sample(3, 40)[0][:, :30]
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    for name, data in (("rgb.png", rgb), ("rgba.png", rgba)):
+        matplotlib.image.imsave(tmp_path / name, data)
+        assert np.array_equal(click_demo.load_image(tmp_path / name), rgb)
+    from PIL import Image  # matplotlib's own image library: grey PNGs, 8 and 16 bits deep
+    grey = rgb[..., 0]
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    for name in ("grey.png", "grey16.png"):
+        assert np.array_equal(click_demo.load_image(tmp_path / name), np.dstack([grey] * 3))
+    matplotlib.image.imsave(tmp_path / "photo.jpg", rgb, pil_kwargs={"quality": 95})
+    photo = click_demo.load_image(tmp_path / "photo.jpg")
+    assert photo.dtype == np.uint8 and photo.shape == (40, 30, 3)
+    assert np.abs(photo.astype(int) - rgb).mean() < 10  # JPEG is lossy
+    (tmp_path / "notes.png").write_text("not an image")
+    for path, words in ((tmp_path / "missing.png", "no such file"),
+                        (tmp_path, "no such file"),
+                        (tmp_path / "notes.png", "not a readable image")):
+        with pytest.raises(ValueError, match=words) as e:
+            click_demo.load_image(path)
+        assert str(path) in str(e.value)
+
+
+def test_click_demo_command_saves_a_session_and_names_bad_paths(click_demo, tmp_path):
+    torch.manual_seed(0)
+    torch.save(Sam(CONFIGS["toy"]).state_dict(), tmp_path / "toy.pt")
+    picture = tmp_path / "session.png"
+    click_demo.main(["--checkpoint", str(tmp_path / "toy.pt"), "--save", str(picture)])
+    assert picture.stat().st_size > 0
+    for flags, words in ((["--image", str(tmp_path / "nope.jpg")], "nope.jpg"),
+                         (["--checkpoint", str(tmp_path / "nope.pt")], "nope.pt")):
+        with pytest.raises(SystemExit) as e:
+            click_demo.main([*flags, "--save", str(tmp_path / "x.png")])
+        assert words in str(e.value.code)
+    assert not (tmp_path / "x.png").exists()
+    with pytest.raises(SystemExit) as e:  # --save and --benchmark are two ways to run
+        click_demo.parse_args(["--save", "x.png", "--benchmark"])
+    assert e.value.code == 2
+    import matplotlib.pyplot as plt
+    plt.switch_backend("agg")  # what matplotlib falls back to when there is no display
+    with pytest.raises(SystemExit) as e:  # a window was asked for, on a machine without one
+        click_demo.main(["--checkpoint", str(tmp_path / "toy.pt")])
+    assert "no display" in str(e.value.code) and "--save" in str(e.value.code)
+
+
+def test_click_demo_benchmark_times_the_round_trip_around_the_decoder(click_demo):
+    demo = toy_demo(click_demo)
+    t = click_demo.benchmark(demo, clicks=1)
+    # one click's round trip encloses its decoder run and its drawing (no speed is asserted)
+    assert t["round_trip"] >= t["decoder"] + t["drawing"] > 0 and t["encoder"] > 0
+    assert demo.masks.shape[0] == 3  # every benchmarked click starts from cleared prompts
+
+
+# -----------------------------------------------------------------------------
+# Fine-tuning on your own masks (finetune.py)
+
+# -----------------------------------------------------------------------------
+# Fine-tuning on your own masks (finetune.py)
+
+
+def export(folder: Path, images: int, shifted: bool = False) -> Path:
+    finetune.main(["--export-toy", str(folder), "--images", str(images)]
+                  + (["--shifted"] if shifted else []))
+    return folder
+
+
+def read_all(data: Path, S: int = 64) -> list:
+    return [finetune.load_sample(entry, S) for entry in finetune.read_data(data)]
+
+
+def frame_masks(sample) -> np.ndarray:
+    return finetune.targets_of(sample, range(len(sample.masks))).numpy()
+
+
+
+
+def test_compressed_rle_of_long_runs_decodes_as_pycocotools():
+    """Runs of tens of thousands of pixels take several 5-bit groups, and their differences
+    from the run two before are negative as often as positive."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    mask = np.zeros((480, 640), bool)
+    mask[10:400, 30:600] = True
+    mask[200:210, 100:500] = False
+    mask[479, 639] = True
+    text = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+    assert np.array_equal(finetune.decode_segmentation({"size": [480, 640], "counts": text},
+                                                       480, 640), mask)
+
+
+def distance_to_outline(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """(P, 2) points, (K, 2) polygon corners -> (P,) distance to the nearest edge."""
+    a, b = corners, np.roll(corners, -1, axis=0)  # (K, 2) each edge a -> b
+    t = np.clip(((points[:, None] - a) * (b - a)).sum(-1) / ((b - a) ** 2).sum(-1), 0, 1)
+    return np.linalg.norm(points[:, None] - (a + t[..., None] * (b - a)), axis=-1).min(1)
+
+
+@given(st.integers(3, 10), st.integers(0, 2**31 - 1))
+@PYCOCOTOOLS_NUMPY2_WARNING
+def test_polygons_fill_as_pycocotools_except_on_the_outline(corners, seed):
+    """A pixel is in where its centre is; pycocotools scans the outline at 5x and rounds, so
+    the two may differ on a pixel the outline crosses (centre within half a pixel), no other."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(seed)
+    h, w = 37, 51
+    polygons = [rng.uniform(-5, 56, (corners, 2)), rng.uniform(0, 40, (3, 2))]
+    ours = finetune.decode_segmentation([p.ravel().tolist() for p in polygons], h, w)
+    theirs = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(
+        [p.ravel().tolist() for p in polygons], h, w))).astype(bool)
+    ys, xs = np.nonzero(ours != theirs)
+    centres = np.stack([xs, ys], 1) + 0.5
+    near = np.min([distance_to_outline(centres, p) for p in polygons], axis=0)
+    assert (near <= 0.5).all(), centres[near > 0.5]
+    assert ours.sum() > 0.9 * theirs.sum()  # and they do fill the same area
+
+
+@PYCOCOTOOLS_NUMPY2_WARNING
+def test_sa1b_folder_and_coco_json_give_the_same_masks(tmp_path):
+    """The toy export (SA-1B layout, plain run lengths) and a COCO instances file over the
+    same images (compressed run lengths, and a polygon) read to the same masks, which are
+    the toy world's."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    sa1b = export(tmp_path / "sa1b", 3)
+    coco_dir = tmp_path / "coco"
+    coco_dir.mkdir()
+    images, annotations = [], []
+    for i, seed in enumerate(finetune.EXPORT_SEEDS[:3]):
+        shutil.copy(sa1b / f"toy_{seed}.png", coco_dir / f"image{i}.png")
+        images.append({"id": 10 + i, "file_name": f"image{i}.png", "height": 64, "width": 64})
+        for mask in train_toy.make_world(seed)[1]:
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append({"id": len(annotations), "image_id": 10 + i, "iscrowd": 0,
+                                "segmentation": {"size": rle["size"],
+                                                 "counts": rle["counts"].decode()}})
+    # a rectangle as a polygon, corners on pixel corners: pixels 5..19 by 8..29
+    annotations.append({"id": 99, "image_id": 12, "segmentation": [[5, 8, 20, 8, 20, 30, 5, 30]]})
+    (coco_dir / "instances.json").write_text(json.dumps({"images": images,
+                                                         "annotations": annotations}))
+    from_sa1b, from_coco = read_all(sa1b), read_all(coco_dir / "instances.json")
+    rectangle = np.zeros((64, 64), bool)
+    rectangle[8:30, 5:20] = True
+    assert np.array_equal(frame_masks(from_coco[2])[-1], rectangle)
+    from_coco[2].masks.pop()
+    for a, b, seed in zip(from_sa1b, from_coco, finetune.EXPORT_SEEDS):
+        assert np.array_equal(frame_masks(a), train_toy.make_world(seed)[1])
+        assert np.array_equal(frame_masks(a), frame_masks(b))
+
+
+def test_any_image_enters_the_frame_the_predictor_uses(tmp_path):
+    """A JPEG of any aspect: its cached embedding is the one SamPredictor computes, and its
+    mask lands where the predictor maps the mask's box, with nothing in the padding."""
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 50, 3)).astype(np.uint8)
+    matplotlib.image.imsave(data / "wide.jpg", image)
+    mask = np.zeros((30, 50), bool)
+    mask[6:24, 10:40] = True
+    rle = minisam.mask_to_rle(torch.from_numpy(mask)[None])[0]
+    (data / "wide.json").write_text(json.dumps({"annotations": [{"segmentation": rle}]}))
+    model = minisam.Sam(CONFIGS["toy"]).eval()
+    (sample,) = read_all(data, model.config.image_size)
+    finetune.cache_embeddings(model, [sample], tmp_path / "cache")
+    predictor = minisam.SamPredictor(model)
+    predictor.set_image(finetune.read_image(data / "wide.jpg"))
+    assert torch.equal(torch.load(sample.embedding, weights_only=True), predictor.features[0])
+    frame = frame_masks(sample)[0]
+    h, w = predictor.input_size  # 38 x 64: the padding is the rows below
+    assert (h, w) == (38, 64) and not frame[h:].any()
+    box = predictor.transform.apply_boxes(np.array([10, 6, 40, 24]), (30, 50))[0]
+    assert minisam.batched_mask_to_box(torch.from_numpy(frame)).tolist() == pytest.approx(
+        [box[0], box[1], box[2] - 1, box[3] - 1], abs=1)
+
+
+def write_sa1b(folder: Path, name: str, annotations: list, size=(8, 8), image_size=None):
+    """One SA-1B pair: a grey NAME.png of `size` and NAME.json with `annotations`."""
+    folder.mkdir(exist_ok=True)
+    matplotlib.image.imsave(folder / f"{name}.png", np.full((*size, 3), 128, np.uint8))
+    image = {} if image_size is None else {"height": image_size[0], "width": image_size[1]}
+    (folder / f"{name}.json").write_text(json.dumps({"image": image, "annotations": annotations}))
+
+
+def rle_annotation(counts, size=(8, 8)):
+    return {"segmentation": {"size": list(size), "counts": counts}}
+
+
+def coco_file(folder: Path, coco: dict) -> Path:
+    (folder / "in.json").write_text(json.dumps(coco))
+    return folder / "in.json"
+
+
+def test_bad_data_is_a_value_error_naming_the_file(tmp_path):
+    square = [4, 4] * 8  # 8x8: 4 out, 4 in in every column
+    cases = []
+
+    def case(name, build, *words):
+        folder = tmp_path / name
+        folder.mkdir()
+        data = build(folder)
+        data = data if isinstance(data, Path) else folder
+        cases.append((data, words))
+
+    case("empty", lambda d: None, "empty", "no .jpg or .png")
+    case("no_json", lambda d: matplotlib.image.imsave(d / "a.png", np.zeros((4, 4, 3))), "a.png",
+         "a.json")
+    case("no_image", lambda d: write_sa1b(d, "a", []) or (d / "b.json").write_text("{}"), "b.json")
+    case("not_json", lambda d: write_sa1b(d, "c", []) or (d / "c.json").write_text("{oops"),
+         "c.json")
+    case("no_annotations", lambda d: write_sa1b(d, "d", []) or (d / "d.json").write_text("{}"),
+         "d.json", "annotations")
+    case("rle_size", lambda d: write_sa1b(d, "e", [rle_annotation([64], (8, 9))]), "e.json",
+         "[8, 9]")
+    case("image_size", lambda d: write_sa1b(d, "f", [], image_size=(8, 9)), "f.json", "[8, 9]")
+    case("bad_character", lambda d: write_sa1b(d, "g", [rle_annotation("0~")]), "g.json",
+         "corrupt RLE")
+    case("truncated", lambda d: write_sa1b(d, "h", [rle_annotation("0P")]), "h.json",
+         "corrupt RLE")  # 'P' = 32: another group should follow
+    case("short_runs", lambda d: write_sa1b(d, "i", [rle_annotation(square[:-1])]), "i.json",
+         "corrupt RLE")
+    case("negative_run", lambda d: write_sa1b(d, "j", [rle_annotation([-1, 65])]), "j.json",
+         "corrupt RLE")
+    case("neither", lambda d: write_sa1b(d, "k", [{"segmentation": {"counts": square}}]),
+         "k.json", "segmentation")
+    case("polygon", lambda d: write_sa1b(d, "l", [{"segmentation": [[1, 2, 3]]}]), "l.json",
+         "polygon")
+    case("broken_image", lambda d: write_sa1b(d, "m", []) or (d / "m.png").write_bytes(b"no"),
+         "m.png")
+    case("coco_missing_image", lambda d: coco_file(
+        d, {"images": [{"id": 1, "file_name": "gone.jpg"}], "annotations": []}), "gone.jpg")
+    case("coco_without_images", lambda d: coco_file(d, {"annotations": []}), "in.json")
+    for data, words in cases:
+        rejects(lambda: read_all(data), *words)
+    write_sa1b(tmp_path / "good", "n", [rle_annotation(square)])
+    assert len(read_all(tmp_path / "good")[0].masks) == 1  # the cases' shared part is sound
+
+
+def test_a_mask_without_pixels_is_left_out_with_a_warning(tmp_path):
+    write_sa1b(tmp_path, "a", [rle_annotation([64]), rle_annotation([4, 4] * 8)])
+    with pytest.warns(UserWarning, match=r"a\.json.*annotation 0"):
+        (sample,) = read_all(tmp_path)
+    assert len(sample.masks) == 1
+    write_sa1b(tmp_path, "a", [rle_annotation([64])])
+    with pytest.warns(UserWarning, match="no masks"):
+        assert read_all(tmp_path) == [None]
+
+
+def test_the_held_out_split_goes_by_file_name():
+    entries = [finetune.Entry(Path(f"x/img{i}.jpg"), Path("x.json"), None, []) for i in range(50)]
+    train, held_out = finetune.split(entries, 0.2)
+    shuffled_train, shuffled_held_out = finetune.split(entries[::-1], 0.2)
+    assert len(held_out) == 10 and held_out == shuffled_held_out
+    assert set(e.image for e in train) == set(e.image for e in shuffled_train)
+    assert {e.image for e in train} | {e.image for e in held_out} == {e.image for e in entries}
+    # hashed names: the held-out images come from both halves of the sorted names
+    assert 0 < sum(int(e.image.stem[3:]) < 25 for e in held_out) < 10
+
+
+def test_export_toy_writes_the_toy_world_and_its_shifted_style(tmp_path):
+    normal, shifted = export(tmp_path / "normal", 2), export(tmp_path / "shifted", 2, True)
+    assert not set(finetune.EXPORT_SEEDS) & (set(train_toy.EVAL_SEEDS) | set(train_toy.TRAIN_SEEDS))
+    for a, b, seed in zip(read_all(normal), read_all(shifted), finetune.EXPORT_SEEDS):
+        image, masks, _ = train_toy.make_world(seed)
+        assert np.array_equal(finetune.read_image(a.image), image)
+        assert np.array_equal(frame_masks(a), masks) and np.array_equal(frame_masks(b), masks)
+        assert np.abs(finetune.read_image(b.image).astype(int) - image).mean() > 40
+
+
+def bad_flags():
+    return [["--steps", "0"], ["--val-fraction", "0"], ["--val-fraction", "1.5"],
+            ["--config", "vit_x"], ["--lr", "0"], ["--device", "gpu9"]]
+
+
+def test_finetune_bad_flags_are_argparse_errors(tmp_path, capsys):
+    for flags in [*(["--data", str(tmp_path)] + f for f in bad_flags()), [],
+                  ["--data", str(tmp_path), "--out", str(tmp_path / "out")]]:
+        with pytest.raises(SystemExit) as err:
+            finetune.parse_args(flags)
+        assert err.value.code == 2
+        assert "error" in capsys.readouterr().err
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def few_targets():
+    """Steps of 2 images (16 masks), not 8: the same code, a quarter of the time."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(finetune, "IMAGES_PER_STEP", 2)
+        yield
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    return export(tmp_path_factory.mktemp("finetune") / "data", 10, shifted=True)
+
+
+def run(data: Path, out: Path, *flags):
+    finetune.main(["--data", str(data), "--config", "toy", "--out", str(out), "--steps", "6",
+                   *flags])
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def six_steps(toy_data, few_targets, tmp_path_factory):
+    """A run of 6 steps from random weights (seed 0), and the data as it was before."""
+    before = snapshot(toy_data)
+    out = tmp_path_factory.mktemp("six_steps")
+    return run(toy_data, out), out, before
+
+
+def test_training_lowers_the_held_out_loss_and_writes_a_checkpoint_build_sam_loads(toy_data,
+                                                                                   six_steps):
+    metrics, out, data_before = six_steps
+    assert metrics["train_images"] == 8 and metrics["held_out_images"] == 2
+    assert metrics["after"]["loss"] < metrics["before"]["loss"]
+    for key in ("box_miou", "one_click_miou", "one_click_oracle_miou"):
+        assert 0 <= metrics["after"][key] <= 1
+    assert len(metrics["after"]["miou_by_clicks"]) == finetune.CLICKS
+    model = minisam.build_sam("toy", checkpoint=out / "ckpt.pt")
+    torch.manual_seed(0)  # the run's random start
+    start = minisam.Sam(CONFIGS["toy"]).state_dict()
+    for name, value in model.named_parameters():  # the frozen encoder did not move
+        assert torch.equal(value, start[name]) == name.startswith("image_encoder."), name
+    assert snapshot(toy_data) == data_before  # nothing in DATA was written
+    assert len(list((out / "embeddings").iterdir())) == 10  # one per image
+    assert (out / "examples.png").stat().st_size > 0
+
+
+def test_resume_continues_the_same_run_and_eval_only_scores_it_again(toy_data, six_steps,
+                                                                     tmp_path, monkeypatch):
+    whole, out, _ = six_steps
+    with pytest.raises(SystemExit, match="seed"):
+        run(toy_data, out, "--resume", "--seed", "1")
+    finetune.main(["--data", str(toy_data), "--config", "toy", "--out", str(tmp_path),
+                   "--steps", "3"])
+    resumed = run(toy_data, tmp_path, "--resume")
+    a, b = (torch.load(path / "ckpt.pt", weights_only=True) for path in (out, tmp_path))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert resumed["after"] == whole["after"]
+
+    def no_encoder(*args):
+        raise AssertionError("the image encoder ran, but every embedding was cached")
+
+    monkeypatch.setattr(finetune, "encode", no_encoder)
+    again = run(toy_data, out, "--eval-only")
+    assert (again["before"], again["after"]) == (whole["before"], whole["after"])
+
+
+def test_train_encoder_trains_the_whole_model(toy_data, few_targets, tmp_path):
+    run(toy_data, tmp_path, "--train-encoder", "--steps", "2")
+    torch.manual_seed(0)
+    start = minisam.Sam(CONFIGS["toy"]).state_dict()
+    trained = torch.load(tmp_path / "ckpt.pt", weights_only=True)["model"]
+    assert not torch.equal(trained["image_encoder.patch_embed.proj.weight"],
+                           start["image_encoder.patch_embed.proj.weight"])
+    # the held-out images were encoded again by the trained encoder, the training ones never
+    assert len(list((tmp_path / "embeddings").iterdir())) == 2 * 2

@@ -233,13 +233,19 @@ class InteractiveTraining(torch.nn.Module):
                 generator: torch.Generator):
         """images (B, 3, S, S) 0..255; targets (N, S, S) bool; image_index (N,) which image
         each target is in. Returns (loss, parts averaged over iterations)."""
-        model, S = self.model, images.shape[-1]
-        embeddings = model.image_encoder(model.preprocess(images))[image_index]  # (N, C, g, g)
+        embeddings = self.model.image_encoder(self.model.preprocess(images))
+        return self.from_embeddings(embeddings[image_index], targets, generator)
+
+    def from_embeddings(self, embeddings: torch.Tensor, targets: torch.Tensor,
+                        generator: torch.Generator):
+        """The same from image embeddings (N, C, g, g), one per target, computed elsewhere:
+        finetune.py's frozen encoder computes them once per image and caches them."""
+        model, S = self.model, targets.shape[-1]
         low = model.prompt_encoder.mask_input_size[0]
         scale = S / low  # input pixels per low-res pixel
         # the loss is taken at the decoder's own resolution: no upsampling in the loop
         low_targets = F.interpolate(targets[:, None].float(), (low, low), mode="area")[:, 0] > 0.5
-        N, device = len(targets), images.device
+        N, device = len(targets), targets.device
         use_box = draw(torch.rand, (N,), generator, device) < 0.5
         # the paper's two passes without a new click: one at the end, one at a random position
         # between (drawn whatever no_click_passes is, so the rest of the batch's draws stay put)
@@ -491,8 +497,13 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
     at 1024 px (ViT-B), decoding every held-out target at once peaked at 23 GiB."""
     seeds = EVAL_SEEDS if seeds is None else seeds
     model.eval()
-    batches = [_evaluate_images(model, seeds[i:i + EVAL_IMAGES_PER_BATCH], max_clicks)
-               for i in range(0, len(seeds), EVAL_IMAGES_PER_BATCH)]
+    B = EVAL_IMAGES_PER_BATCH
+    return held_out_metrics([_evaluate_images(model, seeds[i:i + B], max_clicks)
+                             for i in range(0, len(seeds), B)])
+
+
+def held_out_metrics(batches: list) -> dict:
+    """`evaluate`'s metrics from the results of `evaluate_targets` on batches of images."""
     box_iou, iou_pred, actual, by_clicks, ambiguous, expected = (torch.cat(t)
                                                                   for t in zip(*batches))
 
@@ -520,10 +531,7 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
 
 
 def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
-    """Every target of the images `seeds`, N in all: box IoU (N,), the 1-click IoU
-    predictions and actual IoUs of the 3 masks (N, 3), IoU after 1..max_clicks clicks
-    (N, max_clicks), whether each target's first click is ambiguous (N,), and the 3 masks'
-    expected IoUs (N, 3), what the IoU head is trained towards."""
+    """`evaluate_targets` on every target of the toy images `seeds`."""
     S = model.config.image_size
     images, targets, index = [], [], []
     for i, seed in enumerate(seeds):
@@ -531,9 +539,18 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
         images.append(torch.from_numpy(image).permute(2, 0, 1).float())
         targets.append(torch.from_numpy(masks))
         index += [i] * len(masks)
-    targets, index = torch.cat(targets), torch.tensor(index)
     embeddings = model.image_encoder(model.preprocess(torch.stack(images).to(model.device)))
-    embeddings = embeddings[index.to(model.device)]  # (N, C, g, g)
+    return evaluate_targets(model, embeddings, torch.cat(targets), torch.tensor(index), max_clicks)
+
+
+def evaluate_targets(model: minisam.Sam, embeddings: torch.Tensor, targets: torch.Tensor,
+                     index: torch.Tensor, max_clicks: int):
+    """embeddings (B, C, g, g) of B images, targets (N, S, S) bool at the model's input size,
+    index (N,) the image of each. Every target, N in all: box IoU (N,), the 1-click IoU
+    predictions and actual IoUs of the 3 masks (N, 3), IoU after 1..max_clicks clicks
+    (N, max_clicks), whether each target's first click is ambiguous (N,), and the 3 masks'
+    expected IoUs (N, 3), what the IoU head is trained towards."""
+    embeddings = embeddings[index.to(embeddings.device)]  # (N, C, g, g)
 
     box = minisam.batched_mask_to_box(targets).float()
     masks, _, _ = decode(model, embeddings, boxes=box)

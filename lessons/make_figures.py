@@ -1,22 +1,32 @@
 """
-make_figures.py: draw every figure of the lessons into lessons/figures/.
+make_figures.py: draw every figure of the README and the lessons into lessons/figures/.
 
-    python lessons/make_figures.py                      # all figures
-    python lessons/make_figures.py --only losses        # one figure (repeat --only for more)
-    python lessons/make_figures.py --checkpoint my.pt   # another toy checkpoint
+    python lessons/make_figures.py                             # all figures, about a minute
+    python lessons/make_figures.py --only hero                 # one figure (repeat --only)
+    python lessons/make_figures.py --checkpoint out/ckpt.pt    # your own run's model instead
 
 One function per figure, registered with @figure under the name of the PNG it writes; to add
 a figure, write a function `def name(path)` that saves one PNG to `path`, decorate it, and
-main() picks it up. Every figure is deterministic (fixed seeds). Only the figures of a
-*trained* model call trained_model(): it loads out/ckpt.pt (what `python train_toy.py`
-writes), and makes it with the default training run first if it is missing.
+main() picks it up. Every figure is deterministic: fixed seeds, and images, clicks and masks
+chosen by a rule written beside the code, never by how good the prediction looks.
+
+The figures of a trained model draw the toy checkpoint that ships with minisam,
+lessons/toy_sam.pt (`trained_model`), on held-out images (train_toy.EVAL_SEEDS): the model
+that `minisam.build_sam("toy", checkpoint="lessons/toy_sam.pt")` gives a reader.
+
+How masks are drawn. The toy world paints its objects in random RGB colours, so no colour is
+safe on top of them; wherever a mask is shown, the image is shown in grey, and
+  - a model's mask is a blue fill,
+  - the true mask is a white line edged in black,
+  - a foreground click is a green plus, a background click a red cross, both edged in black,
+  - a box prompt is a yellow frame edged in black.
+A panel with a predicted mask prints the IoU the model predicts for it and its true IoU.
 """
 
 import argparse
+import functools
 import math
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +37,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `python lessons/make_figures.py` finds minisam
 import minisam  # noqa: E402
 import train_toy  # noqa: E402
+from train_toy import MATCH_IOU, precision_recall  # noqa: E402
 
 FIGURES_DIR = Path(__file__).resolve().parent / "figures"
 DPI = 100
@@ -49,50 +63,228 @@ def save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def overlay(ax, image, mask, colour=(1.0, 0.2, 0.2), alpha=0.6):
-    """Show the image with `mask` tinted."""
-    ax.imshow(image, interpolation="nearest")
+# -----------------------------------------------------------------------------
+# Drawing masks, truths and prompts over the toy world (the rules of the docstring)
+
+PREDICTED = (0.1, 0.4, 1.0)  # blue fill: a model's mask
+BOX = "#ffd92f"  # yellow frame: a box prompt
+EDGED = [patheffects.withStroke(linewidth=3.4, foreground="black")]  # a black edge under a line
+CLICKS = {1: dict(marker="P", color="#3cf03c"), 0: dict(marker="X", color="#ff3c3c")}
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) luminance: the toy world without its colours."""
+    return image @ np.array([0.299, 0.587, 0.114])
+
+
+def show(ax, image: np.ndarray, colour: bool = False) -> None:
+    if colour:
+        ax.imshow(image, interpolation="nearest")
+    else:  # in mid greys (0.25 to 0.85), so that white and black lines stand out on it
+        ax.imshow(grey(image), cmap="gray", vmin=-106, vmax=319, interpolation="nearest")
+    ax.axis("off")
+
+
+def fill(ax, mask: np.ndarray, colour=PREDICTED, alpha: float = 0.6) -> None:
     rgba = np.zeros((*mask.shape, 4))
     rgba[mask] = (*colour, alpha)
     ax.imshow(rgba, interpolation="nearest")
 
 
-# -----------------------------------------------------------------------------
-# A trained toy model, shared by every figure that needs one.
+def outline(ax, mask: np.ndarray, linestyle: str = "-") -> None:
+    """The true mask: a white line on a black edge, along the pixel borders of `mask`."""
+    if mask.any() and not mask.all():
+        lines = ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.4,
+                           linestyles=linestyle)
+        lines.set_path_effects(EDGED)
 
-_MODEL = None
-_MODEL_SOURCE = ""
-CHECKPOINT = ROOT / "out" / "ckpt.pt"  # what `python train_toy.py` writes; --checkpoint overrides
+
+def draw_clicks(ax, points, labels, size: float = 10) -> None:
+    for (x, y), label in zip(np.asarray(points).tolist(), np.asarray(labels).tolist()):
+        ax.plot(x, y, ls="", markersize=size, markeredgecolor="black", markeredgewidth=1.3,
+                **CLICKS[int(label)])
+
+
+def draw_box(ax, box) -> None:
+    """box: x0, y0, x1, y1 in inclusive pixel indices, framed around those pixels."""
+    x0, y0, x1, y1 = np.asarray(box, dtype=float).tolist()
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
+                           edgecolor=BOX, linewidth=1.6, path_effects=EDGED, zorder=3))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return minisam.mask_iou(torch.from_numpy(a), torch.from_numpy(b)).item()
+
+
+def mask_panel(ax, image, mask=None, truth=None, points=(), labels=(), box=None, title="",
+               colour=False) -> None:
+    """One panel: the image (grey unless `colour`), a predicted mask, the true mask, prompts."""
+    show(ax, image, colour)
+    if mask is not None:
+        fill(ax, mask)
+    if truth is not None:
+        outline(ax, truth)
+    if box is not None:
+        draw_box(ax, box)
+    draw_clicks(ax, points, labels)
+    ax.set_title(title, fontsize=9)
+
+
+def scores(predicted: float, mask: np.ndarray, truth: np.ndarray) -> str:
+    return f"predicted IoU {predicted:.2f}, true {iou(mask, truth):.2f}"
+
+
+def legend(fig, *items) -> None:
+    """A legend under a figure made with layout="constrained", for the given items of the
+    drawing rules."""
+    handles = {
+        "mask": Patch(facecolor=(*PREDICTED, 0.6), edgecolor="none", label="predicted mask"),
+        "truth": Line2D([], [], color="white", lw=1.4, path_effects=EDGED, label="true mask"),
+        "box": Line2D([], [], color=BOX, lw=1.6, path_effects=EDGED, label="box prompt"),
+        "positive": Line2D([], [], ls="", markersize=9, markeredgecolor="black",
+                           label="foreground click", **CLICKS[1]),
+        "negative": Line2D([], [], ls="", markersize=9, markeredgecolor="black",
+                           label="background click", **CLICKS[0])}
+    fig.legend(handles=[handles[i] for i in items], loc="outside lower center",
+               ncol=len(items), facecolor="#d9d9d9", fontsize=9)
+
+
+# -----------------------------------------------------------------------------
+# The shipped toy model, shared by every figure of a trained model
+
+SHIPPED = Path(__file__).resolve().parent / "toy_sam.pt"
+CHECKPOINT = SHIPPED  # what trained_model() loads; --checkpoint changes it
+
+
+@functools.cache
+def _load(path: Path):
+    if not path.exists():
+        raise FileNotFoundError(
+            f"toy checkpoint {path} not found: the figures of a trained model are drawn from "
+            "the checkpoint that ships with minisam, lessons/toy_sam.pt (restore it with "
+            "`git checkout -- lessons/toy_sam.pt`), or from a train_toy.py checkpoint given "
+            "with --checkpoint")
+    model = minisam.build_sam("toy", checkpoint=path)
+    step = torch.load(path, map_location="cpu", weights_only=True)["step"]
+    print(f"  trained model: {path} ({step} steps)")
+    return model, f"{path.name}, {step} training steps"
 
 
 def trained_model() -> minisam.Sam:
-    """The toy model from CHECKPOINT; if there is none, `python train_toy.py`'s default run is
-    made first (about 10 minutes on a 2-core CPU), so the figures show what readers get."""
-    global _MODEL, _MODEL_SOURCE
-    if _MODEL is None:
-        if not CHECKPOINT.exists():
-            print(f"  no {CHECKPOINT}: running train_toy.py's default training first")
-            train_toy.main(["--out", str(CHECKPOINT.parent)])
-        _MODEL = minisam.build_sam("toy", checkpoint=CHECKPOINT).eval()
-        step = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)["step"]
-        _MODEL_SOURCE = f"{CHECKPOINT.name}, {step} training steps"
-        print(f"  using {CHECKPOINT} ({step} steps)")
-    return _MODEL
+    """The toy model of CHECKPOINT (lessons/toy_sam.pt unless --checkpoint), loaded once."""
+    return _load(CHECKPOINT)[0]
 
 
-_TRAINING_FIGURES = None
+def model_label() -> str:
+    return _load(CHECKPOINT)[1]
 
 
-def training_figures() -> Path:
-    """The pictures train_toy.py draws at the end of a run (loss, gallery, mIoU against
-    clicks, automatic masks), redrawn from CHECKPOINT into a temporary folder, once."""
-    global _TRAINING_FIGURES
-    if _TRAINING_FIGURES is None:
-        model = trained_model()
-        history = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)["history"]
-        _TRAINING_FIGURES = Path(tempfile.mkdtemp(prefix="minisam_figures_"))
-        train_toy.make_figures(model, train_toy.evaluate(model), history, _TRAINING_FIGURES)
-    return _TRAINING_FIGURES
+# Images for the figures of a trained model: the held-out objects with all three levels
+# (whole -> part -> subpart), where one click is ambiguous three ways. Among the first
+# CHOICE_IMAGES held-out images, the one whose subpart is largest opens the README (a small
+# window would be hard to see), the next ones fill lesson 6's gallery. A rule on the world
+# alone: the model's predictions play no part in the choice.
+CHOICE_IMAGES = 16
+
+
+def three_level_objects() -> list:
+    """[(seed, (whole, part, subpart) mask indices)], one per held-out image that has such an
+    object (its largest subpart), largest subpart first."""
+    found = []
+    for seed in train_toy.EVAL_SEEDS[:CHOICE_IMAGES]:
+        _, masks, parents = train_toy.make_world(seed)
+        chains = [(parents[parents[k]], parents[k], k) for k in range(len(masks))
+                  if parents[k] >= 0 and parents[parents[k]] >= 0]
+        if chains:
+            chain = max(chains, key=lambda c: masks[c[2]].sum())
+            found.append((masks[chain[2]].sum(), seed, chain))
+    return [(seed, chain) for _, seed, chain in sorted(found, key=lambda f: -f[0])]
+
+
+LEVELS = ("whole", "part", "subpart")
+
+
+def prompt_panels(predictor: minisam.SamPredictor, seed: int, chain) -> list:
+    """The prompts of the README's first figure on one held-out image, as a list of 8
+    mask_panel arguments: the image with one click in the subpart (at its interior point,
+    the evaluation's first click); the click's three masks, largest first, each beside the
+    level it matches best; a box on the part (its tight box); and the evaluation's
+    interactive protocol for the part: a click at its interior point, the IoU head's choice
+    of the three masks, then two corrective clicks (`largest_error_click`), each fed the
+    previous low-res logits."""
+    image, masks, _ = train_toy.make_world(seed)
+    levels = masks[list(chain)]  # (3, H, W): whole, part, subpart
+    predictor.set_image(image)
+
+    def interior(mask):
+        return train_toy.interior_point(torch.from_numpy(mask)[None]).numpy()  # (1, 2) x, y
+
+    click, positive = interior(levels[2]), np.array([1])
+    panels = [dict(points=click, labels=positive, colour=True,
+                   title=f"held-out image {seed}\none click")]
+    out, predicted, _ = predictor.predict(click, positive)
+    for k in np.argsort(-out.sum((1, 2)), kind="stable"):
+        match = max(range(3), key=lambda j: iou(out[k], levels[j]))
+        panels.append(dict(mask=out[k], truth=levels[match], points=click, labels=positive,
+                           title=f"mask {len(panels)}: nearest the {LEVELS[match]}\n"
+                                 f"{scores(predicted[k], out[k], levels[match])}"))
+
+    part = levels[1]
+    box = minisam.batched_mask_to_box(torch.from_numpy(part)).numpy()
+    mask, predicted, _ = predictor.predict(box=box, multimask_output=False)
+    panels.append(dict(mask=mask[0], truth=part, box=box,
+                       title=f"a box on the part\n{scores(predicted[0], mask[0], part)}"))
+
+    points, labels = interior(part), [1]
+    out, predicted, low_res = predictor.predict(points, np.array(labels))
+    best = predicted.argmax()  # the IoU head's choice
+    mask, predicted, low_res = out[best], predicted[best], low_res[best][None]
+    for n in range(1, 4):
+        if n > 1:
+            new, label = train_toy.largest_error_click(torch.from_numpy(mask)[None],
+                                                       torch.from_numpy(part)[None])
+            points, labels = np.concatenate([points, new.numpy()]), labels + [int(label)]
+            out, predicted, low_res = predictor.predict(points, np.array(labels),
+                                                        mask_input=low_res,
+                                                        multimask_output=False)
+            mask, predicted = out[0], predicted[0]
+        what = "the IoU head's choice" if n == 1 else "a corrective click"
+        panels.append(dict(mask=mask, truth=part, points=points, labels=labels,
+                           title=f"part, {n} click{'s' * (n > 1)}: {what}\n"
+                                 f"{scores(predicted, mask, part)}"))
+    return [dict(image=image, **p) for p in panels]
+
+
+@figure
+def hero(path: Path) -> None:
+    """The README's first picture: one click -> three masks; a box; corrective clicks."""
+    predictor = minisam.SamPredictor(trained_model())
+    seed, chain = three_level_objects()[0]
+    panels = prompt_panels(predictor, seed, chain)
+    fig, axes = plt.subplots(2, 4, figsize=(11, 6.6), layout="constrained")
+    for ax, panel in zip(axes.flat, panels):
+        mask_panel(ax, **panel)
+    fig.suptitle(f"minisam's toy model ({model_label()}) on a held-out image:\n"
+                 "one click gives three masks; a box or more clicks say which one")
+    legend(fig, "mask", "truth", "positive", "negative", "box")
+    save(fig, path)
+
+
+@figure
+def one_click_three_masks(path: Path) -> None:
+    """Lesson 6's gallery: the hero's prompts on the next held-out images."""
+    predictor = minisam.SamPredictor(trained_model())
+    rows = three_level_objects()[1:4]
+    fig, axes = plt.subplots(len(rows), 6, figsize=(15, 2.9 * len(rows) + 0.8),
+                             squeeze=False, layout="constrained")
+    for row, (seed, chain) in zip(axes, rows):
+        panels = prompt_panels(predictor, seed, chain)
+        for ax, panel in zip(row, panels[:5] + panels[-1:]):  # the last: after 3 clicks
+            mask_panel(ax, **panel)
+    fig.suptitle(f"held-out images, toy model {model_label()}: one click -> three masks; a box "
+                 "on the part; the part after three clicks")
+    legend(fig, "mask", "truth", "positive", "negative", "box")
+    save(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -107,19 +299,15 @@ def promptable_task(path: Path) -> None:
     # the deepest mask: one whose parent has a parent
     sub = next(k for k in range(len(masks)) if parents[k] >= 0 and parents[parents[k]] >= 0)
     chain = [parents[parents[sub]], parents[sub], sub]  # whole, part, subpart
-    ys, xs = np.nonzero(masks[sub])
-    click = (xs.mean(), ys.mean())  # the window's centre: inside all three masks
+    click = train_toy.interior_point(torch.from_numpy(masks[sub])[None]).numpy()
     fig, axes = plt.subplots(1, 4, figsize=(9.5, 2.8))
-    axes[0].imshow(image, interpolation="nearest")
-    axes[0].set_title("prompt\none click")
-    colours = [(0.95, 0.3, 0.2), (0.2, 0.55, 1.0), (1.0, 0.85, 0.1)]
-    for ax, k, name, colour in zip(axes[1:], chain, ("whole: the house", "part: the walls",
-                                                    "subpart: the window"), colours):
-        overlay(ax, image, masks[k], colour)
-        ax.set_title(f"valid mask\n{name}")
-    for ax in axes:
-        ax.plot(*click, marker="*", markersize=15, color="lime", markeredgecolor="black")
-        ax.axis("off")
+    mask_panel(axes[0], image, points=click, labels=[1], title="prompt\none click",
+               colour=True)
+    for ax, k, name in zip(axes[1:], chain, ("whole: the house", "part: the walls",
+                                             "subpart: the window")):
+        mask_panel(ax, image, truth=masks[k], points=click, labels=[1],
+                   title=f"valid mask\n{name}")
+        fill(ax, masks[k], colour=(1.0, 0.55, 0.0))  # orange: a true mask, not a prediction
     fig.suptitle("train_toy.make_world(4): one click, three valid answers", y=1.02)
     save(fig, path)
 
@@ -261,63 +449,83 @@ def attention_probabilities(module: minisam.Attention, q, k) -> torch.Tensor:
 
 @figure
 def decoder_attention(path: Path) -> None:
-    """Where the three multimask tokens look in every token-to-image attention of a trained
-    toy model, after one click on a window; and the masks they become."""
+    """Where the decoder's two kinds of cross-attention look after one click in the window of
+    the README's figure: each pixel's weight on the click's token (image-to-token), and each
+    multimask token's weights on the pixels (token-to-image), layer by layer; then the masks
+    the tokens become."""
     model = trained_model()
-    image, masks, parents = train_toy.make_world(4)  # the house of lesson 00, at 64 px
-    sub = next(k for k in range(len(masks)) if parents[k] >= 0 and parents[parents[k]] >= 0)
-    ys, xs = np.nonzero(masks[sub])
-    click = np.array([[xs.mean(), ys.mean()]])
+    seed, chain = three_level_objects()[0]
+    image, masks, _ = train_toy.make_world(seed)
+    levels = masks[list(chain)]
+    click = train_toy.interior_point(torch.from_numpy(levels[2])[None]).numpy()  # (1, 2)
 
     transformer = model.mask_decoder.transformer
-    modules = [layer.cross_attn_token_to_image for layer in transformer.layers]
-    modules.append(transformer.final_attn_token_to_image)
-    names = [f"layer {i} token-to-image" for i in range(len(transformer.layers))]
-    names.append("final token-to-image")
-    captured = {}
-    hooks = [m.register_forward_hook(
-        lambda mod, inputs, out, i=i: captured.__setitem__(i, attention_probabilities(
-            mod, inputs[0], inputs[1]).mean(1)[0]))  # average heads: (T, g*g)
-        for i, m in enumerate(modules)]
+    modules = {f"layer {i} image-to-token": layer.cross_attn_image_to_token
+               for i, layer in enumerate(transformer.layers)}
+    modules.update({f"layer {i} token-to-image": layer.cross_attn_token_to_image
+                    for i, layer in enumerate(transformer.layers)})
+    modules["final token-to-image"] = transformer.final_attn_token_to_image
+    weights = {}  # name -> (Tq, Tk), the mean over heads
+    hooks = [module.register_forward_hook(
+        lambda module, inputs, output, name=name: weights.__setitem__(
+            name, attention_probabilities(module, inputs[0], inputs[1]).mean(1)[0]))
+        for name, module in modules.items()]
     predictor = minisam.SamPredictor(model)
     predictor.set_image(image)
-    out_masks, ious, _ = predictor.predict(click, np.array([1]))
-    for h in hooks:
-        h.remove()
+    out, predicted, _ = predictor.predict(click, np.array([1]))
+    for hook in hooks:
+        hook.remove()
 
     g = model.config.image_embedding_size
-    fig, axes = plt.subplots(len(modules) + 1, 4, figsize=(10, 2.6 * (len(modules) + 1)))
-    for row, (i, name) in enumerate(zip(range(len(modules)), names)):
-        axes[row, 0].imshow(image, interpolation="nearest")
-        axes[row, 0].plot(*click[0], "*", color="lime", markersize=12, markeredgecolor="k")
-        axes[row, 0].set_title(name, fontsize=9)
-        for col in range(3):
-            # tokens are [IoU, mask 0, mask 1, mask 2, mask 3, prompt...]: multimask token
-            # m (m = 1..3) is row 1 + m
-            attn = captured[i][2 + col].view(g, g).numpy()
-            axes[row, col + 1].imshow(image, alpha=0.35, interpolation="nearest")
-            axes[row, col + 1].imshow(attn, cmap="inferno", alpha=0.75, interpolation="nearest",
-                                      extent=(-0.5, image.shape[1] - 0.5,
-                                              image.shape[0] - 0.5, -0.5))
-            axes[row, col + 1].plot(*click[0], "*", color="lime", markersize=8,
-                                    markeredgecolor="k")
-            axes[row, col + 1].set_title(f"mask token {col + 1}", fontsize=9)
-    last = axes[-1]
-    last[0].imshow(image, interpolation="nearest")
-    last[0].plot(*click[0], "*", color="lime", markersize=12, markeredgecolor="k")
-    last[0].set_title("output masks", fontsize=9)
-    for col in range(3):
-        overlay(last[col + 1], image, out_masks[col], (1.0, 0.85, 0.1))
-        last[col + 1].set_title(f"mask {col + 1}, predicted IoU {ious[col]:.2f}", fontsize=9)
-    for ax in axes.flat:
-        ax.axis("off")
-    title = ("token-to-image attention of the multimask tokens (mean over heads)\n"
-             f"toy model: {_MODEL_SOURCE}")
-    if not out_masks.any():
-        # a model stopped early predicts empty masks (train_toy's first few hundred steps)
-        title += " - its masks are still empty: run `python train_toy.py` and redraw"
-    fig.suptitle(title, y=1.0)
-    fig.tight_layout()
+    # tokens: [IoU, mask 0, mask 1, mask 2, mask 3, the click, padding]; the pixels in raster
+    # order. Multimask token m (1..3) is token 1 + m; the click is token 5.
+    click_token = 1 + model.mask_decoder.num_mask_tokens
+    # how far each cell of the g x g map is from the click, in cells
+    centres = (torch.arange(g) + 0.5) * image.shape[0] / g
+    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+    cells = torch.stack([xx.flatten(), yy.flatten()], dim=1)  # (g*g, 2) as (x, y)
+    distance = torch.cdist(torch.from_numpy(click).float(), cells)[0] * g / image.shape[0]
+    near, far = distance < 1.5, distance > 5  # the 3x3 pixels around the click; the rest
+    extent = (-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)  # the g x g map on the image
+    layers = len(transformer.layers)
+    fig, axes = plt.subplots(layers + 3, 3, figsize=(8.6, 2.8 * (layers + 3)),
+                             layout="constrained")
+
+    def heat(ax, values, vmax, title):
+        show(ax, image)
+        shown = ax.imshow(values.view(g, g).numpy(), cmap="inferno", vmin=0, vmax=vmax,
+                          alpha=0.8, extent=extent, interpolation="nearest")
+        draw_clicks(ax, click, [1], size=8)
+        ax.set_title(title, fontsize=9)
+        return shown
+
+    mask_panel(axes[0, 0], image, points=click, labels=[1], colour=True,
+               title=f"held-out image {seed}: one click")
+    for ax, i in zip(axes[0, 1:], range(layers)):
+        on_click = weights[f"layer {i} image-to-token"][:, click_token]  # (g*g,)
+        shown = heat(ax, on_click, 1.0, f"layer {i} image-to-token\npixels on the click: "
+                                        f"{on_click[near].mean():.2f} near, "
+                                        f"{on_click[far].mean():.2f} far")
+    fig.colorbar(shown, ax=axes[0], fraction=0.05, label="attention weight")
+    names = [f"layer {i} token-to-image" for i in range(layers)] + ["final token-to-image"]
+    for row, name in zip(axes[1:], names):
+        # a token's weights over the g*g pixels sum to 1; shown relative to spreading evenly
+        maps = [weights[name][1 + m] * g * g for m in (1, 2, 3)]
+        vmax = max(m.max().item() for m in maps)
+        for m, (ax, values) in enumerate(zip(row, maps)):
+            share = values[near].sum() / (g * g)  # of the token's attention, near the click
+            shown = heat(ax, values, vmax, f"{name}\nmask token {m + 1}: {share:.0%} near "
+                                           "the click")
+        fig.colorbar(shown, ax=row, fraction=0.05, label="weight x pixels (1: even)")
+    for m, ax in enumerate(axes[-1]):
+        match = max(range(3), key=lambda j: iou(out[m], levels[j]))
+        mask_panel(ax, image, out[m], levels[match], click, [1],
+                   title=f"mask {m + 1}, nearest the {LEVELS[match]}\n"
+                         f"{scores(predicted[m], out[m], levels[match])}")
+    fig.suptitle(f"the decoder's cross-attention after one click ({model_label()}, mean "
+                 f"over heads)\nnear: the {int(near.sum())} cells of the {g}x{g} map within "
+                 f"1.5 cells of the click ({near.float().mean():.0%} of them); far: over 5 away")
+    legend(fig, "mask", "truth", "positive")
     save(fig, path)
 
 
@@ -404,11 +612,7 @@ def losses(path: Path) -> None:
 
 
 # -----------------------------------------------------------------------------
-# Lessons 05-07: training, the predictor, automatic masks (the trained toy model)
-
-
-def _copy_training_figure(name: str, path: Path) -> None:
-    shutil.copyfile(training_figures() / name, path)
+# Lesson 05: training as simulated annotation
 
 
 @figure
@@ -417,80 +621,233 @@ def simulated_annotation(path: Path) -> None:
     a first click, two corrective clicks, then the two passes with no new click that
     `--no-click-passes 2` adds (both at the end here), each pass fed the previous logits."""
     model = trained_model()
-    image, masks, parents = train_toy.make_world(train_toy.EVAL_SEEDS[1])
-    target = torch.from_numpy(masks[np.argmax(parents >= 0)])[None]  # a part: ambiguous
+    seed, (_, part, _) = three_level_objects()[0]  # the part of the README's figure
+    image, masks, _ = train_toy.make_world(seed)
+    part = masks[part]
+    target = torch.from_numpy(part)[None]
     generator = torch.Generator().manual_seed(0)
     predictor = minisam.SamPredictor(model)
     predictor.set_image(image)
     points, labels = train_toy.sample_in(target, generator), torch.ones(1, dtype=torch.long)
     low_res = None
-    fig, axes = plt.subplots(1, 5, figsize=(12, 2.9))
+    fig, axes = plt.subplots(1, 5, figsize=(12.5, 3.4), layout="constrained")
     for it, ax in enumerate(axes):
         if it in (1, 2):
             click, label = train_toy.corrective_click(prediction, target, generator)
             points, labels = torch.cat([points, click]), torch.cat([labels, label])
-        out, iou, logits = predictor.predict(points.numpy(), labels.numpy(), multimask_output=it == 0,
-                                             mask_input=None if low_res is None else low_res[None])
-        best = iou.argmax()  # carried forward, as in training
+        out, predicted, logits = predictor.predict(
+            points.numpy(), labels.numpy(), multimask_output=it == 0,
+            mask_input=None if low_res is None else low_res[None])
+        best = predicted.argmax()  # carried forward, as in training
         low_res, prediction = logits[best], torch.from_numpy(out[best])[None]
-        overlay(ax, image, out[best], (1.0, 0.85, 0.1))
-        ax.contour(target[0].numpy(), levels=[0.5], colors="white", linewidths=1)
-        for (x, y), fg in zip(points.tolist(), labels.tolist()):
-            ax.plot(x, y, "o", color="lime" if fg else "red", markeredgecolor="k", markersize=7)
-        actual = minisam.mask_iou(prediction, target).item()
         kind = "first click" if it == 0 else "corrective click" if it in (1, 2) else "no new click"
-        ax.set_title(f"pass {it + 1}: {kind}\nIoU {actual:.2f}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle("one held-out target (white outline) through the training loop's passes",
-                 y=1.04)
+        mask_panel(ax, image, out[best], part, points, labels,
+                   title=f"pass {it + 1}: {kind}\n{scores(predicted[best], out[best], part)}")
+    fig.suptitle(f"one held-out target through the training loop's passes ({model_label()})")
+    legend(fig, "mask", "truth", "positive", "negative")
     save(fig, path)
+
+
+DEFAULT_RUN = None  # --default-run: a checkpoint of the default `python train_toy.py`
 
 
 @figure
 def miou_vs_clicks(path: Path) -> None:
-    """Held-out mIoU against the number of clicks, as train_toy.py draws it."""
-    _copy_training_figure("miou_vs_clicks.png", path)
+    """Held-out mIoU against the number of clicks (`evaluate`'s protocol), with the box
+    prompt's mIoU for comparison: the shipped model, and a default run's if given."""
+    runs = [(trained_model(), f"shipped: {model_label()}")]
+    if DEFAULT_RUN is not None:
+        model, label = _load(DEFAULT_RUN)
+        runs.append((model, f"default `python train_toy.py`: {label}"))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for (model, label), colour in zip(runs, ("C0", "C1")):
+        metrics = train_toy.evaluate(model)
+        clicks = range(1, len(metrics["miou_by_clicks"]) + 1)
+        ax.plot(clicks, metrics["miou_by_clicks"], marker="o", color=colour, label=label)
+        ax.axhline(metrics["box_miou"], color=colour, ls="--", lw=1,
+                   label=f"one box: {metrics['box_miou']:.3f}")
+    ax.set(xlabel="clicks (the first one's mask chosen by the IoU head)",
+           ylabel=f"mIoU, {metrics['targets']} held-out masks", ylim=(0, 1),
+           title="held-out mIoU against the number of clicks")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    save(fig, path)
 
 
 @figure
-def one_click_three_masks(path: Path) -> None:
-    """train_toy.py's gallery: one click, three masks and their predicted IoUs; a box; two
-    corrective clicks."""
-    _copy_training_figure("gallery.png", path)
+def learning_curves(path: Path) -> None:
+    """Held-out box and 1-click oracle mIoU against training minutes, as `train_toy.py` records
+    them in its checkpoint's history (CURVE_IMAGES held-out images at 64 px): the shipped model,
+    and a default run's if given. The jump is the switch from 32 px to 64 px."""
+    runs = [(CHECKPOINT, "shipped", "C0")]
+    if DEFAULT_RUN is not None:
+        runs.append((DEFAULT_RUN, "default `python train_toy.py`", "C1"))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for checkpoint, label, colour in runs:
+        history = [h for h in torch.load(checkpoint, map_location="cpu", weights_only=True)
+                   ["history"] if "box_miou" in h]
+        minutes = [h["minutes"] for h in history]
+        ax.plot(minutes, [h["box_miou"] for h in history], color=colour, marker=".",
+                label=f"{label}: box")
+        ax.plot(minutes, [h["one_click_oracle_miou"] for h in history], color=colour, ls="--",
+                label=f"{label}: 1 click, best of 3")
+    ax.set(xscale="log", xlabel="training minutes (log scale)", ylim=(0, 1),
+           ylabel=f"held-out mIoU ({train_toy.CURVE_IMAGES} images)", title="learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    save(fig, path)
+
+
+# -----------------------------------------------------------------------------
+# Lesson 07: automatic masks. The generator's settings are train_toy.TOY_AMG_SETTINGS, read
+# when a figure is drawn (they are chosen for the shipped checkpoint); the rest, like the
+# stability offset, are the generator's defaults.
+
+AMG_IMAGE = 1  # the held-out image the figures show: EVAL_SEEDS[1] has four objects, one of
+# three levels; precision and recall are scored on train_toy.AMG_EVAL_IMAGES held-out images
+
+
+def toy_generator() -> minisam.SamAutomaticMaskGenerator:
+    return minisam.SamAutomaticMaskGenerator(trained_model(), **train_toy.TOY_AMG_SETTINGS)
 
 
 @figure
 def stability_score(path: Path) -> None:
-    """One click's three masks, each thresholded at -1, 0 and +1 (in logits): the stability
-    score is the IoU of the outer two."""
-    model = trained_model()
-    image, masks, parents = train_toy.make_world(train_toy.EVAL_SEEDS[1])
-    ys, xs = np.nonzero(masks[np.argmax(parents >= 0)])
-    click = np.array([[xs.mean(), ys.mean()]])
-    predictor = minisam.SamPredictor(model)
+    """A stable and an unstable mask of the automatic generator's grid, side by side: their
+    logits with the two thresholds of the stability score, and the masks at those two
+    thresholds with the true mask."""
+    generator = toy_generator()
+    threshold = generator.predictor.model.mask_threshold
+    offset = generator.stability_score_offset
+    image, truths = train_toy.make_sample(train_toy.EVAL_SEEDS[AMG_IMAGE])
+    predictor = generator.predictor
     predictor.set_image(image)
-    logits, iou, _ = predictor.predict(click, np.array([1]), return_logits=True)
-    scores = minisam.calculate_stability_score(torch.from_numpy(logits), model.mask_threshold, 1.0)
-    fig, axes = plt.subplots(3, 4, figsize=(9, 7))
-    for row, k in zip(axes, range(3)):
-        row[0].imshow(logits[k], cmap="RdBu_r", vmin=-8, vmax=8)
-        row[0].set_title(f"mask {k + 1} logits\npredicted IoU {iou[k]:.2f}", fontsize=9)
-        for ax, offset in zip(row[1:], (-1.0, 0.0, 1.0)):
-            overlay(ax, image, logits[k] > offset, (1.0, 0.85, 0.1))
-            ax.set_title(f"logit > {offset:+.0f}", fontsize=9)
-        row[3].set_title(f"logit > +1: stability {scores[k]:.2f}", fontsize=9)
-        for ax in row:
-            ax.plot(*click[0], "*", color="lime", markersize=10, markeredgecolor="k")
-            ax.axis("off")
-    fig.suptitle("stability score = IoU(mask at logit > +1, mask at logit > -1)")
-    fig.tight_layout()
+    # every candidate of the grid, as the generator makes them: one foreground click per
+    # grid point, three masks per click
+    points = generator.point_grids[0] * np.array(image.shape[1::-1])  # (P, 2) x, y in pixels
+    coords = torch.from_numpy(predictor.transform.apply_coords(points, image.shape[:2]))
+    logits, predicted, _ = predictor.predict_torch(
+        coords.float()[:, None], torch.ones(len(points), 1, dtype=torch.int), return_logits=True)
+    points = np.repeat(points, logits.shape[1], axis=0)
+    logits, predicted = logits.flatten(0, 1), predicted.flatten()  # (3P, H, W), (3P,)
+    stability = minisam.calculate_stability_score(logits, threshold, offset)
+    # the two shown: among the masks of a real object (IoU >= MATCH_IOU with a true mask;
+    # if there is none, among all) at least as large as the toy world's smallest target
+    # (1/128 of the image), the most stable and the least stable
+    masks = logits > threshold
+    large = masks.flatten(1).sum(1) >= image.shape[0] * image.shape[1] // 128
+    right = minisam.mask_iou(masks[:, None], torch.from_numpy(truths)[None]).amax(1) >= MATCH_IOU
+    candidate = large & right if (large & right).any() else large
+    chosen = [torch.where(candidate, stability, -math.inf).argmax(),
+              torch.where(candidate, stability, math.inf).argmin()]
+
+    limit = 8.0  # logits beyond +-8 are saturated in the colour scale
+    fig, axes = plt.subplots(2, 2, figsize=(8.5, 9), layout="constrained")
+    for column, k in zip(axes.T, chosen):
+        kept = stability[k] >= generator.stability_score_thresh
+        values = logits[k].numpy()
+        heat = column[0].imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit,
+                                interpolation="nearest")
+        for level, style in ((threshold - offset, "--"), (threshold + offset, "-")):
+            if values.min() < level < values.max():
+                column[0].contour(values, levels=[level], colors="black", linewidths=1.3,
+                                  linestyles=style)
+        draw_clicks(column[0], points[k][None], [1])
+        column[0].set_title(f"{'kept' if kept else 'removed'}: stability "
+                            f"{stability[k]:.2f} {'>=' if kept else '<'} "
+                            f"{generator.stability_score_thresh:g}\nlogits, lines at "
+                            f"{threshold - offset:+g} (dashed) and {threshold + offset:+g}",
+                            fontsize=9)
+        column[0].axis("off")
+        outer, inner = values > threshold - offset, values > threshold + offset
+        mask = values > threshold
+        truth = truths[max(range(len(truths)), key=lambda j: iou(mask, truths[j]))]
+        show(column[1], image)
+        fill(column[1], outer & ~inner, alpha=0.3)
+        fill(column[1], inner, alpha=0.75)
+        outline(column[1], truth)
+        draw_clicks(column[1], points[k][None], [1])
+        column[1].set_title(f"inside {threshold + offset:+g}: {inner.sum()} px (dark), "
+                            f"inside {threshold - offset:+g}: {outer.sum()} px\n"
+                            f"mask at {threshold:g}: {scores(predicted[k], mask, truth)}",
+                            fontsize=9)
+    bar = fig.colorbar(heat, ax=axes[0].tolist(), fraction=0.04, extend="both",
+                       label="mask logit")
+    for level, style in ((threshold - offset, "--"), (threshold + offset, "-")):
+        bar.ax.axhline(level, color="black", lw=1.5, ls=style)
+    fig.suptitle(f"the stability score: IoU of the masks at logit > {threshold + offset:+g} "
+                 f"and > {threshold - offset:+g}\n({model_label()}, held-out image "
+                 f"{train_toy.EVAL_SEEDS[AMG_IMAGE]}, two candidates of the generator's grid)")
+    legend(fig, "mask", "truth", "positive")
     save(fig, path)
 
 
 @figure
 def automatic_masks(path: Path) -> None:
-    """train_toy.py's automatic masks on a held-out image, with TOY_AMG_SETTINGS."""
-    _copy_training_figure("automask.png", path)
+    """The automatic masks of one held-out image beside its true masks, and the precision
+    and recall at IoU >= MATCH_IOU on train_toy.AMG_EVAL_IMAGES held-out images."""
+    seeds = train_toy.EVAL_SEEDS[:train_toy.AMG_EVAL_IMAGES]
+    overall = train_toy.automatic_mask_scores(trained_model(), seeds,
+                                              **train_toy.TOY_AMG_SETTINGS)
+    image, truths = train_toy.make_sample(train_toy.EVAL_SEEDS[AMG_IMAGE])
+    records = toy_generator().generate(image)
+    found = np.array([r["segmentation"] for r in records], bool).reshape(-1, *image.shape[:2])
+    predicted = [r["predicted_iou"] for r in records]
+    here = precision_recall([found], [truths])
+    ious = minisam.mask_iou(torch.from_numpy(found)[:, None], torch.from_numpy(truths)[None])
+    ious = ious.numpy().reshape(len(found), len(truths))  # (automatic, true)
+
+    # below: every true mask, largest first, with the automatic mask nearest it; then all the
+    # automatic masks that are near no true mask (the false positives)
+    order = np.argsort(-truths.sum((1, 2)), kind="stable")
+    panels = []
+    for n, j in enumerate(order):
+        r = ious[:, j].argmax() if len(found) else None
+        if r is None:
+            title = "missed"
+        elif ious[r, j] >= MATCH_IOU:
+            title = f"found\npredicted IoU {predicted[r]:.2f}, true {ious[r, j]:.2f}"
+        else:
+            title = f"missed\n(nearest automatic: IoU {ious[r, j]:.2f})"
+        panels.append((None if r is None else found[r], truths[j], f"true mask {n + 1}: {title}"))
+    wrong = [r for r in range(len(found)) if ious[r].max(initial=0) < MATCH_IOU]
+    columns = 6
+    rows = -(-(len(panels) + 1) // columns)  # and one panel for the wrong automatic masks
+    fig = plt.figure(figsize=(2.1 * columns, 4.3 + 2.3 * rows), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(4.1, 2.3 * rows))
+    axes = top.subplots(1, 3)
+    show(axes[0], image, colour=True)
+    axes[0].set_title(f"held-out image {train_toy.EVAL_SEEDS[AMG_IMAGE]}", fontsize=10)
+    palette = plt.get_cmap("tab10")
+
+    def fills(ax, rows):
+        """Automatic masks in colours of their own (the image is grey): large first."""
+        show(ax, image)
+        for n, r in enumerate(sorted(rows, key=lambda r: -found[r].sum())):
+            fill(ax, found[r], colour=palette(n % 10)[:3], alpha=0.75)
+
+    fills(axes[1], range(len(found)))
+    axes[1].set_title(f"{len(found)} automatic masks\nprecision {here['precision']:.2f}, "
+                      f"recall {here['recall']:.2f}", fontsize=10)
+    show(axes[2], image)
+    for j in order:
+        outline(axes[2], truths[j])
+    axes[2].set_title(f"{len(truths)} true masks\n(wholes, parts, subparts)", fontsize=10)
+    settings = ", ".join(f"{k}={v}" for k, v in train_toy.TOY_AMG_SETTINGS.items())
+    top.suptitle(f"automatic masks of {model_label()}, train_toy.TOY_AMG_SETTINGS ({settings})"
+                 f"\non {len(seeds)} held-out images: {overall['masks_per_image']:.1f} masks "
+                 f"per image, precision {overall['precision']:.2f}, recall "
+                 f"{overall['recall']:.2f} (right: IoU >= {MATCH_IOU:g} with some true mask)")
+    axes = bottom.subplots(rows, columns, squeeze=False).flat
+    for ax, (mask, truth, title) in zip(axes, panels):
+        mask_panel(ax, image, mask, truth, title=title)
+    fills(axes[len(panels)], wrong)
+    axes[len(panels)].set_title(f"{len(wrong)} automatic mask{'s' * (len(wrong) != 1)}\n"
+                                "matching no true mask", fontsize=9)
+    for ax in axes[len(panels) + 1:]:
+        ax.axis("off")
+    legend(fig, "mask", "truth")
+    save(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -536,21 +893,26 @@ def parameter_counts_by_preset(path: Path) -> None:
 
 
 def main(argv=None) -> None:
-    global CHECKPOINT
+    global CHECKPOINT, DEFAULT_RUN
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(FIGURES), metavar="NAME",
                         help=f"draw only this figure (repeatable); one of {sorted(FIGURES)}")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help=f"toy checkpoint for the figures of a trained model "
-                             f"(default: {CHECKPOINT.relative_to(ROOT)}, else a quick training)")
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED,
+                        help="toy checkpoint for the figures of a trained model (default: "
+                             f"the shipped {SHIPPED.relative_to(ROOT)})")
+    parser.add_argument("--default-run", type=Path, default=None, metavar="CKPT",
+                        help="a checkpoint of the default `python train_toy.py` run, drawn "
+                             "beside the shipped model in miou_vs_clicks")
     args = parser.parse_args(argv)
-    if args.checkpoint is not None:
-        CHECKPOINT = args.checkpoint
+    CHECKPOINT, DEFAULT_RUN = args.checkpoint, args.default_run
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
     start = time.time()
     for name in args.only or FIGURES:
         t = time.time()
-        FIGURES[name](FIGURES_DIR / f"{name}.png")
+        try:
+            FIGURES[name](FIGURES_DIR / f"{name}.png")
+        except FileNotFoundError as e:  # the checkpoint: say so, without a traceback
+            raise SystemExit(f"make_figures.py: {e}")
         print(f"{name}.png  {time.time() - t:.1f} s")
     print(f"all done in {time.time() - start:.1f} s -> {FIGURES_DIR}")
 

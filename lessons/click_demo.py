@@ -1,0 +1,516 @@
+"""
+click_demo.py: click on an image and watch SAM's masks follow, in real time.
+
+    python lessons/click_demo.py                          # held-out toy images, lessons/toy_sam.pt
+    python lessons/click_demo.py --image photo.jpg --config vit_b --checkpoint sam_vit_b_01ec64.pth
+    python lessons/click_demo.py --save session.png       # no window: a scripted click, saved
+    python lessons/click_demo.py --benchmark              # time the encoder and the clicks
+    python lessons/click_demo.py --benchmark --config vit_b   # ViT-B shapes, random weights
+
+In the window:
+    left click   a foreground point (green dot)    right click   a background point (red cross)
+    drag         a box                             a             the automatic masks
+    n            the next toy image                escape        clear the prompts
+
+This is SAM's design at work (paper section 3, "Efficiency"; lesson 6): the heavy image
+encoder runs once, when an image is shown, and every click runs only the light prompt encoder
+and mask decoder, then redraws. A single click is ambiguous, so it gets three masks (subpart,
+part, whole; lesson 0), each with the IoU the model predicts for it. A second point or a box
+removes the ambiguity: then the single-output head answers, fed the logits of the previous
+best mask as a mask prompt, the way the paper's annotation tool refined a mask click by click.
+On the toy world the true IoU (against the closest of the world's valid masks) is shown too.
+"""
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import torch
+from matplotlib import patheffects
+from matplotlib.backend_bases import FigureManagerBase, KeyEvent, MouseButton, MouseEvent
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+# the lesson scripts live one level below the package's two modules
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import minisam  # noqa: E402
+from train_toy import EVAL_SEEDS, TOY_AMG_SETTINGS, interior_point, make_sample  # noqa: E402
+
+TOY_CHECKPOINT = Path(__file__).resolve().parent / "toy_sam.pt"
+FIGSIZE = (13, 4.6)  # inches: the prompt panel and three mask panels side by side
+# A panel of the window is about 310 screen pixels wide, so an image is shown with at most
+# this many pixels a side (every 4th pixel of a 1024 px image, each pixel of a 64 px one 4
+# times): drawing a 1024 px image at full size would cost several times what the decoder
+# does, and a picture a little smaller than its panel loses no row or column on screen.
+DISPLAY_SIDE = 300
+DRAG = 5  # screen pixels a press must move before it is a box rather than a click
+# The toy world paints its objects in random colours, so no colour is safe on its own: a mask
+# is shown by dimming what lies outside it and outlined white inside black, the box is white
+# edged black, and the clicks differ in shape as well as colour.
+EDGED = [patheffects.withStroke(linewidth=3.5, foreground="black")]
+POSITIVE = dict(marker="o", color="lime", markeredgecolor="black", markersize=9, linestyle="none")
+NEGATIVE = dict(marker="X", color="red", markeredgecolor="black", markersize=10, linestyle="none")
+DIM = 0.55  # how much darker everything outside a mask is drawn
+DARKER = (np.arange(256) * (1 - DIM)).astype(np.uint8)  # each uint8 value, dimmed
+
+
+# -----------------------------------------------------------------------------
+# Reading an image, and drawing masks over it
+
+
+def load_image(path) -> np.ndarray:
+    """A PNG or JPEG file as the uint8 (H, W, 3) RGB array SamPredictor takes, or a
+    ValueError that names the file. Grey images are repeated into three channels and an alpha
+    channel is dropped. The file is only read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image {str(path)!r}: no such file")
+    try:
+        image = matplotlib.image.imread(path)  # Pillow underneath: PNG, JPEG and the rest
+    except Exception as e:  # Pillow's errors come in many types; all mean the same here
+        raise ValueError(f"image {str(path)!r} is not a readable image (PNG or JPEG): "
+                         f"{type(e).__name__}: {e}") from None
+    if image.dtype != np.uint8:  # PNGs come back as floats in [0, 1], whatever their depth
+        image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    if image.ndim == 2:
+        image = np.dstack([image] * 3)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def edges(mask: np.ndarray) -> tuple:
+    """The border of an (h, w) bool mask as two (h, w) bool maps: its own pixels next to the
+    outside (4-neighbours), and the outside pixels next to it. Painted white and black they
+    outline the mask on any colour, at the same cost however ragged the mask is."""
+    padded = np.pad(mask, 1)  # outside the image is outside the mask: the border is an edge
+    neighbours = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+    return mask & ~np.logical_and.reduce(neighbours), ~mask & np.logical_or.reduce(neighbours)
+
+
+class Panel:
+    """One axes of the figure: a fixed title, and what changes with the prompts: the picture
+    (the image with the masks painted in), the clicks, the box and a note under the picture.
+    Those are `animated`: a full draw of the figure leaves them out, and ClickDemo draws them
+    itself on every frame."""
+
+    def __init__(self, ax, image: np.ndarray, title: str):
+        H, W = image.shape[:2]
+        # The picture has about DISPLAY_SIDE pixels a side, whatever the image's size: every
+        # `step`-th pixel of a large image, each pixel of a small one `repeat` times a side
+        # (so that a one-pixel outline is thin on a 64 px toy image too).
+        self.step = max(1, math.ceil(max(H, W) / DISPLAY_SIDE))
+        self.repeat = max(1, DISPLAY_SIDE // max(H, W))
+        self.shown = self.resize(image)  # (h, w, 3)
+        self.dimmed = DARKER[self.shown]
+        # the picture is opaque uint8 RGBA, the form matplotlib draws fastest
+        self.rgba = np.full((*self.shown.shape[:2], 4), 255, np.uint8)
+        self.rgba[..., :3] = self.shown
+        ax.clear()
+        ax.set_title(title, fontsize=10)
+        # a shown pixel covers step / repeat image pixels: the axes keep the image's pixel frame
+        h, w = np.array(self.shown.shape[:2]) * self.step / self.repeat
+        self.picture = ax.imshow(self.rgba, interpolation="none",  # the fastest to draw
+                                 extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        self.positives, = ax.plot([], [], **POSITIVE)
+        self.negatives, = ax.plot([], [], **NEGATIVE)
+        self.box = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="white",
+                                          linewidth=1.5, path_effects=EDGED, visible=False))
+        self.note = ax.text(0.5, -0.03, "", transform=ax.transAxes, ha="center", va="top",
+                            fontsize=10)
+        self.artists = [self.picture, self.positives, self.negatives, self.box, self.note]
+        for artist in self.artists:
+            artist.set_animated(True)
+        ax.set(xlim=(-0.5, W - 0.5), ylim=(H - 0.5, -0.5))
+        ax.set_axis_off()
+        self.ax = ax
+
+    def resize(self, array: np.ndarray) -> np.ndarray:
+        """An (H, W, ...) image or mask at the picture's size."""
+        small = array[::self.step, ::self.step]
+        return small.repeat(self.repeat, axis=0).repeat(self.repeat, axis=1)
+
+    def show_masks(self, masks: list, fills: list = None) -> None:
+        """Full-size (H, W) bool masks, outlined, and either tinted half-way to their `fills`
+        (RGB in [0, 1]) or, with no fills, with everything outside them dimmed."""
+        shown = [self.resize(m) for m in masks]
+        rgb = self.rgba[..., :3]  # a view: writing it writes the picture
+        if fills is not None:
+            np.copyto(rgb, self.shown)
+            for mask, colour in zip(shown, fills):
+                rgb[mask] = (rgb[mask] + 255 * np.asarray(colour)) / 2
+        elif shown:
+            np.copyto(rgb, self.dimmed)
+            np.copyto(rgb, self.shown, where=np.logical_or.reduce(shown)[..., None])
+        else:
+            np.copyto(rgb, self.shown)
+        for mask in shown:
+            inner, outer = edges(mask)
+            rgb[outer], rgb[inner] = 0, 255
+        self.picture.set_data(self.rgba)  # matplotlib copies it
+
+    def show_prompts(self, points: list, labels: list, box) -> None:
+        for line, label in ((self.positives, 1), (self.negatives, 0)):
+            line.set_data([x for (x, _), l in zip(points, labels) if l == label],
+                          [y for (_, y), l in zip(points, labels) if l == label])
+        self.show_box(box)
+
+    def show_box(self, box) -> None:
+        if box is not None:
+            x0, y0, x1, y1 = box
+            self.box.set_bounds(x0, y0, x1 - x0, y1 - y0)
+        self.box.set_visible(box is not None)
+
+
+# -----------------------------------------------------------------------------
+# The demo: state, the handlers that change it, and drawing it fast
+
+
+class ClickDemo:
+    """Promptable segmentation of one image at a time, on any matplotlib figure: a window, or
+    an Agg canvas for the tests, --save and --benchmark (`send_click` and `send_key` feed
+    those the same events a mouse and keyboard would).
+
+    predictor: a SamPredictor; image: uint8 (H, W, 3); truth: (K, H, W) bool valid masks, to
+    print each mask's true IoU, or None; automatic: a SamAutomaticMaskGenerator for the key
+    `a`, or None; next_sample: a function returning the next (image, truth) for the key `n`,
+    or None. The first panel shows the prompts and the best mask, the other three each mask.
+    `timings` holds the seconds of the last encoder run, decoder run and drawing."""
+
+    def __init__(self, predictor: minisam.SamPredictor, image: np.ndarray, fig: Figure,
+                 truth: np.ndarray = None, automatic=None, next_sample=None):
+        self.predictor, self.fig = predictor, fig
+        self.automatic, self.next_sample = automatic, next_sample
+        self.axes = list(fig.subplots(1, 4))
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.13, top=0.8, wspace=0.04)
+        # the encoder's time changes once per image, the click's on every frame
+        self.encoder_text = fig.text(0.01, 0.97, "", va="top", fontsize=10)
+        self.status = fig.text(0.99, 0.97, "", ha="right", va="top", fontsize=10, animated=True)
+        keys = ["left click: foreground point (green dot)", "right click: background point "
+                "(red cross)", "drag: box", "a: automatic masks" if automatic else None,
+                "n: next image" if next_sample else None, "escape: clear"]
+        fig.text(0.5, 0.02, "   |   ".join(k for k in keys if k), ha="center", fontsize=9)
+        for name, handler in (("draw_event", self.on_draw),
+                              ("button_press_event", self.on_press),
+                              ("motion_notify_event", self.on_motion),
+                              ("button_release_event", self.on_release),
+                              ("key_press_event", self.on_key)):
+            fig.canvas.mpl_connect(name, handler)
+        self.pressed = None  # the button press of a click or drag in progress
+        self.set_image(image, truth)
+
+    def set_image(self, image: np.ndarray, truth: np.ndarray = None) -> None:
+        """Run the image encoder (the once-per-image cost) and start with no prompt."""
+        start = time.perf_counter()
+        self.predictor.set_image(image)  # checks the image, too
+        self.timings = {"encoder": time.perf_counter() - start}
+        self.image, self.truth = image, truth
+        if truth is not None:  # for true_ious, once per image: (K, H*W)
+            self.truth_flat = torch.from_numpy(truth).flatten(1).float()
+        self.encoder_text.set_text(f"image encoder {self.timings['encoder'] * 1000:.0f} ms, "
+                                   f"once per image ({image.shape[1]}x{image.shape[0]} px)")
+        iou = "predicted IoU" + (", true IoU" if truth is not None else "")
+        titles = ["your prompts and the best mask"] + [f"mask {k}\n{iou}" for k in (1, 2, 3)]
+        self.panels = [Panel(ax, image, title) for ax, title in zip(self.axes, titles)]
+        self.background = None  # new panels: the next frame is a full draw
+        self.clear()
+
+    def clear(self) -> None:
+        self.points, self.labels, self.box = [], [], None  # (x, y) pixels, 1 or 0, x0 y0 x1 y1
+        self.masks = self.ious = self.low_res = None  # the decoder's last answer
+        self.records = None  # the automatic masks, while they are shown
+        self.redraw()
+
+    # --- what a prompt does
+
+    def add_point(self, x: float, y: float, label: int) -> None:
+        self.points.append((x, y))
+        self.labels.append(label)
+        self.predict()
+
+    def set_box(self, box) -> None:
+        self.box = box
+        self.predict()
+
+    def predict(self) -> None:
+        """One round of the prompt encoder and decoder on the stored image embedding."""
+        ambiguous = self.box is None and len(self.points) == 1
+        start = time.perf_counter()
+        self.masks, self.ious, low_res = self.predictor.predict(
+            point_coords=np.array(self.points) if self.points else None,
+            point_labels=np.array(self.labels) if self.points else None,
+            box=None if self.box is None else np.array(self.box),
+            mask_input=None if self.low_res is None else self.low_res[None],
+            multimask_output=ambiguous)
+        self.timings["decoder"] = time.perf_counter() - start
+        self.low_res = low_res[self.ious.argmax()]  # the best mask refines the next prompt
+        self.records = None
+        self.redraw()
+
+    def show_automatic(self) -> None:
+        """The automatic mask generator on the image (it encodes the image again itself)."""
+        self.points, self.labels, self.box = [], [], None
+        self.masks = self.ious = self.low_res = None
+        start = time.perf_counter()
+        self.records = self.automatic.generate(self.image)
+        self.timings["automatic"] = time.perf_counter() - start
+        self.redraw()
+
+    def true_ious(self) -> np.ndarray:
+        """Each mask's IoU with the closest of the world's valid masks: (C,). The
+        intersections of all pairs are one matrix product, (C, H*W) by (H*W, K): at 1024 px
+        that is much faster than comparing (C, K, H, W) pixels."""
+        masks = torch.from_numpy(self.masks).flatten(1).float()  # (C, H*W)
+        intersection = masks @ self.truth_flat.T  # (C, K)
+        union = masks.sum(1)[:, None] + self.truth_flat.sum(1)[None] - intersection
+        return (intersection / union.clamp(min=1)).max(1).values.numpy()
+
+    # --- drawing the state
+
+    def redraw(self) -> None:
+        """Put the state on the panels: the prompts on all four; the best mask on the first
+        and each mask on its own (or the automatic masks on the first); then draw."""
+        prompt, *mask_panels = self.panels
+        t = self.timings
+        for panel in self.panels:
+            panel.show_prompts(self.points, self.labels, self.box)
+            panel.note.set_text("")
+        if self.records is not None:
+            by_area = sorted(self.records, key=lambda r: -r["area"])  # the small on top
+            colours = np.random.default_rng(0).uniform(0.2, 1, (len(by_area), 3))
+            shown = [[r["segmentation"] for r in by_area], [], [], []]
+            self.status.set_text(f"{len(self.records)} automatic masks in {t['automatic']:.2f} s")
+        elif self.masks is None:
+            shown = [[], [], [], []]
+            self.status.set_text("click on a picture")
+        else:
+            best = self.ious.argmax()
+            shown = [[self.masks[best]]] + [[m] for m in self.masks] + [[]] * (3 - len(self.masks))
+            true = self.true_ious() if self.truth is not None else None
+            for k, panel in enumerate(mask_panels[:len(self.masks)]):
+                panel.note.set_text(f"{self.ious[k]:.2f}" + ("" if true is None else
+                                                              f", {true[k]:.2f}")
+                                    + (" (the only mask)" if len(self.masks) == 1 else ""))
+                panel.note.set_fontweight("bold" if k == best else "normal")
+            # the prompt encoder's share of "decoder" is tiny; this frame's drawing is not
+            # over yet, so the last frame's is shown
+            self.status.set_text(f"click: decoder {t['decoder'] * 1000:.1f} ms, drawing "
+                                 f"{t['drawing'] * 1000:.0f} ms (last frame)")
+        for k, (panel, masks) in enumerate(zip(self.panels, shown)):
+            panel.show_masks(masks, colours if self.records is not None and k == 0 else None)
+        self.draw()
+
+    def draw(self) -> None:
+        """Draw the new frame now, not when the window is next idle, so that the drawing is
+        part of the measured round trip. The same split as the model's: what never changes
+        with the prompts (layout, titles, the help line) is drawn once per image and kept as
+        a background, like the image embedding; each frame only puts the background back,
+        draws the changing artists over it and copies the result to the screen (blitting).
+        Text is what matplotlib draws slowest, which is why the changing text is so short."""
+        canvas = self.fig.canvas
+        start = time.perf_counter()
+        if self.background is None:  # a new image, or a backend that cannot blit
+            canvas.draw()  # on_draw draws the changing artists
+        else:
+            canvas.restore_region(self.background)
+            self._draw_animated(canvas.get_renderer())
+            canvas.blit(self.fig.bbox)
+        self.timings["drawing"] = time.perf_counter() - start
+
+    def _draw_animated(self, renderer) -> None:
+        for artist in [self.status, *(a for panel in self.panels for a in panel.artists)]:
+            artist.draw(renderer)
+
+    def on_draw(self, event) -> None:
+        """A full draw (the first, a new image, a resize, a zoom) leaves the animated artists
+        out: keep what it drew as the background, then draw them."""
+        canvas = self.fig.canvas
+        if canvas.is_saving():  # matplotlib draws a saved file's axes in full by itself
+            return
+        if canvas.supports_blit:
+            self.background = canvas.copy_from_bbox(self.fig.bbox)
+        self._draw_animated(event.renderer)
+
+    # --- the event handlers
+
+    def _image_xy(self, event, ax) -> tuple:
+        """A mouse event's position in `ax`'s image pixels, clipped to the image (a drag may
+        end outside the axes, where event.xdata is None)."""
+        x, y = ax.transData.inverted().transform((event.x, event.y))
+        H, W = self.image.shape[:2]
+        return float(np.clip(x, 0, W - 1)), float(np.clip(y, 0, H - 1))
+
+    def on_press(self, event) -> None:
+        toolbar = self.fig.canvas.toolbar  # zooming or panning: the clicks are not prompts
+        if (event.inaxes in self.axes and event.button in (MouseButton.LEFT, MouseButton.RIGHT)
+                and not (toolbar is not None and toolbar.mode)):
+            self.pressed = event
+
+    def _dragged(self, event) -> bool:
+        return math.hypot(event.x - self.pressed.x, event.y - self.pressed.y) > DRAG
+
+    def _drag_box(self, event) -> list:
+        (x0, y0), (x1, y1) = (self._image_xy(e, self.pressed.inaxes) for e in (self.pressed, event))
+        return [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
+
+    def on_motion(self, event) -> None:
+        """While the left button drags, the box follows the mouse."""
+        if self.pressed is not None and self.pressed.button == MouseButton.LEFT \
+                and self._dragged(event):
+            for panel in self.panels:
+                panel.show_box(self._drag_box(event))
+            self.draw()
+
+    def on_release(self, event) -> None:
+        if self.pressed is None:
+            return
+        if self.pressed.button == MouseButton.LEFT and self._dragged(event):
+            box = self._drag_box(event)
+            self.pressed = None
+            self.set_box(box)
+        else:
+            x, y = self._image_xy(self.pressed, self.pressed.inaxes)
+            label = int(self.pressed.button == MouseButton.LEFT)
+            self.pressed = None
+            self.add_point(x, y, label)
+
+    def on_key(self, event) -> None:
+        if event.key == "a" and self.automatic is not None:
+            self.show_automatic()
+        elif event.key == "n" and self.next_sample is not None:
+            self.set_image(*self.next_sample())
+        elif event.key == "escape":
+            self.clear()
+
+
+def send_click(demo: ClickDemo, x: float, y: float, button=MouseButton.LEFT, to=None) -> None:
+    """Press at image pixel (x, y) of the first panel and release there, or at pixel `to`
+    (a drag), through the figure's own event machinery, as a mouse would (events land on
+    whole screen pixels, so the point the demo receives is within a screen pixel of (x, y))."""
+    ax, canvas = demo.axes[0], demo.fig.canvas
+    start = ax.transData.transform((x, y))
+    end = start if to is None else ax.transData.transform(to)
+    for name, (px, py) in (("button_press_event", start), ("motion_notify_event", end),
+                           ("button_release_event", end)):
+        canvas.callbacks.process(name, MouseEvent(name, canvas, round(px), round(py), button))
+
+
+def send_key(demo: ClickDemo, key: str) -> None:
+    canvas = demo.fig.canvas
+    canvas.callbacks.process("key_press_event", KeyEvent("key_press_event", canvas, key))
+
+
+def headless_figure() -> Figure:
+    """A figure drawn by Agg into memory: no display needed, and what it draws and how long it
+    takes are what an interactive window's Agg-based canvas does."""
+    fig = Figure(figsize=FIGSIZE)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def benchmark(demo: ClickDemo, clicks: int = 20) -> dict:
+    """Medians over `clicks` clicks at random pixels, each on cleared prompts so that every
+    one returns three masks (one click first, as a warm-up): a click's round trip (the event,
+    the prompt encoder and decoder, and the redraw) in wall-clock seconds and in this
+    process's CPU seconds (which other programs on a busy machine inflate far less), and its
+    decoder and drawing parts."""
+    H, W = demo.image.shape[:2]
+    xy = np.random.default_rng(0).uniform(0, 1, (clicks + 1, 2)) * (W - 1, H - 1)
+    times = {"round_trip": [], "round_trip_cpu": [], "decoder": [], "drawing": []}
+    for x, y in xy:
+        send_key(demo, "escape")
+        wall, cpu = time.perf_counter(), time.process_time()
+        send_click(demo, x, y)
+        times["round_trip"].append(time.perf_counter() - wall)
+        times["round_trip_cpu"].append(time.process_time() - cpu)
+        times["decoder"].append(demo.timings["decoder"])
+        times["drawing"].append(demo.timings["drawing"])
+    return {"encoder": demo.timings["encoder"],
+            **{name: float(np.median(t[1:])) for name, t in times.items()}}
+
+
+# -----------------------------------------------------------------------------
+# The command
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Click on an image and see SAM's masks.")
+    p.add_argument("--image", type=Path, help="a PNG or JPEG of any size (default: held-out "
+                   "toy images, drawn at the model's input size; n shows the next)")
+    p.add_argument("--config", default="toy", choices=list(minisam.CONFIGS))
+    p.add_argument("--checkpoint", type=Path, help="the model's weights: an official SAM .pth "
+                   "or a train_toy.py checkpoint (default for toy: lessons/toy_sam.pt; other "
+                   "configs without one get random weights, good for timing only)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--save", type=Path, metavar="OUT.png",
+                      help="no window: make one scripted click and save what the window shows")
+    mode.add_argument("--benchmark", action="store_true",
+                      help="no window: time the encoder and 20 clicks' round trips")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.save or args.benchmark:
+        fig = headless_figure()
+    else:
+        import matplotlib.pyplot as plt
+        fig = plt.figure(figsize=FIGSIZE)
+        # a backend that can open a window brings its own figure manager; with no display
+        # matplotlib falls back to Agg, whose base manager can only save files
+        if type(fig.canvas.manager) is FigureManagerBase:
+            plt.close(fig)
+            sys.exit(f"click_demo.py: no display: matplotlib's {matplotlib.get_backend()!r} "
+                     "backend cannot open a window. Run it where there is a display, or use "
+                     "--save OUT.png for a picture of a scripted session.")
+    checkpoint = args.checkpoint or (TOY_CHECKPOINT if args.config == "toy" else None)
+    try:
+        image = None if args.image is None else load_image(args.image)
+        model = minisam.build_sam(args.config, checkpoint=checkpoint)
+    except (ValueError, TypeError) as e:
+        sys.exit(f"click_demo.py: {e}")
+    next_sample = truth = None
+    if image is None:  # the toy world at the model's input size, one held-out seed after another
+        seeds = itertools.cycle(EVAL_SEEDS)
+
+        def next_sample():
+            return make_sample(next(seeds), model.config.image_size)
+
+        image, truth = next_sample()
+    automatic = minisam.SamAutomaticMaskGenerator(
+        model, **(TOY_AMG_SETTINGS if args.config == "toy" else {}))
+    print(f"{args.config} ({checkpoint or 'random weights'}), image {image.shape[1]}x"
+          f"{image.shape[0]}: running the image encoder")
+    demo = ClickDemo(minisam.SamPredictor(model), image, fig, truth, automatic, next_sample)
+    if args.benchmark:
+        t = benchmark(demo)
+        print(f"image encoder {t['encoder'] * 1000:.0f} ms (once per image); a click's round "
+              f"trip, median of 20: {t['round_trip'] * 1000:.1f} ms wall clock, "
+              f"{t['round_trip_cpu'] * 1000:.1f} ms CPU (decoder {t['decoder'] * 1000:.1f} "
+              f"ms, drawing {t['drawing'] * 1000:.1f} ms); {torch.get_num_threads()} torch "
+              "threads")
+    elif args.save:
+        # a click in the smallest of the world's masks (often a subpart: three nested
+        # answers), or in the middle of a photo
+        H, W = image.shape[:2]
+        if truth is not None and len(truth):
+            smallest = torch.from_numpy(truth[truth.sum((1, 2)).argmin()])[None]
+            x, y = interior_point(smallest)[0].tolist()
+        else:
+            x, y = (W - 1) / 2, (H - 1) / 2
+        send_click(demo, x, y)  # the first click also pays for torch's warm-up: clear, again
+        send_key(demo, "escape")
+        send_click(demo, x, y)
+        matplotlib.image.imsave(args.save, np.asarray(fig.canvas.buffer_rgba()))  # the frame
+        print(f"saved {args.save}")
+    else:
+        fig.canvas.manager.set_window_title("minisam: click and see")
+        plt.show()
+
+
+if __name__ == "__main__":
+    main()
