@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import matplotlib.image
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import bench
 import finetune
 import minisam
 from minisam import CONFIGS, Sam, SamConfig, build_sam, dice_loss, focal_loss, sam_loss
@@ -64,27 +64,9 @@ def reference_package():
 
 
 def reference_sam(cfg: SamConfig):
-    """The reference model with the same sizes, assembled from its own classes."""
-    modeling = reference_package().modeling
-    g = cfg.image_size // cfg.patch_size
-    encoder = modeling.ImageEncoderViT(
-        depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=cfg.image_size,
-        mlp_ratio=cfg.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-        num_heads=cfg.encoder_num_heads, patch_size=cfg.patch_size, qkv_bias=True,
-        use_rel_pos=True, global_attn_indexes=cfg.encoder_global_attn_indexes,
-        window_size=cfg.window_size, out_chans=cfg.prompt_embed_dim)
-    prompt_encoder = modeling.PromptEncoder(
-        embed_dim=cfg.prompt_embed_dim, image_embedding_size=(g, g),
-        input_image_size=(cfg.image_size, cfg.image_size), mask_in_chans=cfg.mask_in_chans)
-    decoder = modeling.MaskDecoder(
-        num_multimask_outputs=cfg.num_multimask_outputs,
-        transformer=modeling.TwoWayTransformer(
-            depth=cfg.decoder_depth, embedding_dim=cfg.prompt_embed_dim,
-            mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads),
-        transformer_dim=cfg.prompt_embed_dim, iou_head_depth=cfg.iou_head_depth,
-        iou_head_hidden_dim=cfg.iou_head_hidden_dim)
-    return modeling.Sam(encoder, prompt_encoder, decoder, list(cfg.pixel_mean),
-                        list(cfg.pixel_std)).eval()
+    """The reference model with the same sizes, assembled from its own classes (as bench.py
+    assembles it), or a skip where the reference is absent."""
+    return bench.reference_sam(cfg, reference_package())
 
 
 def random_sam(cfg: SamConfig, seed: int = 0) -> Sam:
