@@ -380,7 +380,7 @@ def window_attention(path: Path) -> None:
     rel_h = torch.exp(-offsets.float() ** 2 / 8)[:, None] * unit  # narrow along rows
     rel_w = 0.6 * torch.exp(-offsets.float() ** 2 / 32)[:, None] * unit  # wider along columns
     bias = minisam.relative_position_bias(query, rel_h, rel_w, (g, g))  # (1, g*g, g*g)
-    one = bias[0, q[0] * g + q[1]].view(g, g)
+    one = bias[0, q[0] * g + q[1]].view(g, g).numpy()
     im = axes[3].imshow(one, cmap="RdBu_r")
     axes[3].plot(q[1], q[0], "s", color="orange", markeredgecolor="k")
     axes[3].set_title("relative_position_bias of one query\n"
@@ -423,7 +423,7 @@ def fourier_features(path: Path) -> None:
         label = "SAM: " if scale == 1 else ""
         panels.append((f"{label}Fourier features, std {scale:g}\ncosine similarity", sim))
     for ax, (title, values) in zip(axes, panels):
-        im = ax.imshow(values, cmap="magma", extent=(0, 1, 1, 0))
+        im = ax.imshow(values.numpy(), cmap="magma", extent=(0, 1, 1, 0))
         ax.plot(*point, "x", color="cyan", markersize=10, mew=2)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([0, 1])
