@@ -194,6 +194,8 @@ def read_coco(path: Path) -> list:
         by_image[annotation.get("image_id")].append(annotation)
     entries = []
     for info in coco["images"]:
+        if not (isinstance(info, dict) and {"id", "file_name"} <= info.keys()):
+            raise ValueError(f"{path}: every one of 'images' needs an 'id' and a 'file_name'")
         image = path.parent / info["file_name"]
         if not image.is_file():
             raise ValueError(f"{path}: its image {info['file_name']!r} is not at {image}")
@@ -234,7 +236,6 @@ def read_image(path: Path) -> np.ndarray:
 
 @dataclasses.dataclass
 class Sample:
-    name: str  # the image's file name: the held-out split goes by it
     image: Path
     masks: list  # each mask in the model's S x S frame, as COCO run lengths (mask_to_rle)
     embedding: Path = None  # its image embedding (C, g, g), cached in OUT/embeddings/
@@ -279,7 +280,7 @@ def load_sample(entry: Entry, S: int):
     if not masks:
         warnings.warn(f"{entry.image}: no masks; left out", stacklevel=2)
         return None
-    return Sample(entry.image.name, entry.image, masks)
+    return Sample(entry.image, masks)
 
 
 def targets_of(sample: Sample, chosen) -> torch.Tensor:

@@ -1984,9 +1984,10 @@ def test_click_demo_command_saves_a_session_and_names_bad_paths(click_demo, tmp_
     click_demo.main(["--checkpoint", str(tmp_path / "toy.pt"), "--save", str(picture)])
     assert picture.stat().st_size > 0
     for flags, words in ((["--image", str(tmp_path / "nope.jpg")], "nope.jpg"),
-                         (["--checkpoint", str(tmp_path / "nope.pt")], "nope.pt")):
+                         (["--checkpoint", str(tmp_path / "nope.pt")], "nope.pt"),
+                         (["--save", str(tmp_path / "no" / "x.png")], "no folder")):
         with pytest.raises(SystemExit) as e:
-            click_demo.main([*flags, "--save", str(tmp_path / "x.png")])
+            click_demo.main(["--save", str(tmp_path / "x.png"), *flags])
         assert words in str(e.value.code)
     assert not (tmp_path / "x.png").exists()
     with pytest.raises(SystemExit) as e:  # --save and --benchmark are two ways to run

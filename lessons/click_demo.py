@@ -80,7 +80,7 @@ def load_image(path) -> np.ndarray:
         image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
     if image.ndim == 2:
         image = np.dstack([image] * 3)
-    return np.ascontiguousarray(image[..., :3])
+    return image[..., :3].copy()  # Pillow's arrays are read-only; torch wants to own one
 
 
 def edges(mask: np.ndarray) -> tuple:
@@ -208,12 +208,13 @@ class ClickDemo:
         start = time.perf_counter()
         self.predictor.set_image(image)  # checks the image, too
         self.timings = {"encoder": time.perf_counter() - start}
-        self.image, self.truth = image, truth
-        if truth is not None:  # for true_ious, once per image: (K, H*W)
+        self.image = image
+        self.truth = truth if truth is not None and len(truth) else None  # K > 0 valid masks
+        if self.truth is not None:  # for true_ious, once per image: (K, H*W)
             self.truth_flat = torch.from_numpy(truth).flatten(1).float()
         self.encoder_text.set_text(f"image encoder {self.timings['encoder'] * 1000:.0f} ms, "
                                    f"once per image ({image.shape[1]}x{image.shape[0]} px)")
-        iou = "predicted IoU" + (", true IoU" if truth is not None else "")
+        iou = "predicted IoU" + (", true IoU" if self.truth is not None else "")
         titles = ["your prompts and the best mask"] + [f"mask {k}\n{iou}" for k in (1, 2, 3)]
         self.panels = [Panel(ax, image, title) for ax, title in zip(self.axes, titles)]
         self.background = None  # new panels: the next frame is a full draw
@@ -255,6 +256,8 @@ class ClickDemo:
         """The automatic mask generator on the image (it encodes the image again itself)."""
         self.points, self.labels, self.box = [], [], None
         self.masks = self.ious = self.low_res = None
+        self.status.set_text("automatic masks: running the generator (a grid of clicks)")
+        self.draw()  # seconds on a CPU, so say so first
         start = time.perf_counter()
         self.records = self.automatic.generate(self.image)
         self.timings["automatic"] = time.perf_counter() - start
@@ -310,7 +313,8 @@ class ClickDemo:
         with the prompts (layout, titles, the help line) is drawn once per image and kept as
         a background, like the image embedding; each frame only puts the background back,
         draws the changing artists over it and copies the result to the screen (blitting).
-        Text is what matplotlib draws slowest, which is why the changing text is so short."""
+        Pictures and text are what matplotlib draws slowest, which is why the pictures are
+        small (DISPLAY_SIDE) and the changing text is short."""
         canvas = self.fig.canvas
         start = time.perf_counter()
         if self.background is None:  # a new image, or a backend that cannot blit
@@ -455,6 +459,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.save and not args.save.parent.is_dir():  # say so now, not after the encoder
+        sys.exit(f"click_demo.py: --save {str(args.save)!r}: no folder {str(args.save.parent)!r}")
     if args.save or args.benchmark:
         fig = headless_figure()
     else:
@@ -497,7 +503,7 @@ def main(argv=None) -> None:
         # a click in the smallest of the world's masks (often a subpart: three nested
         # answers), or in the middle of a photo
         H, W = image.shape[:2]
-        if truth is not None and len(truth):
+        if demo.truth is not None:
             smallest = torch.from_numpy(truth[truth.sum((1, 2)).argmin()])[None]
             x, y = interior_point(smallest)[0].tolist()
         else:
