@@ -16,6 +16,7 @@ OUT/ckpt.pt loads with minisam.build_sam(config, checkpoint="OUT/ckpt.pt").
 By default the image encoder is frozen: each image is encoded once and its embedding cached
 in OUT/embeddings/, and only the prompt encoder and mask decoder train, about 4M parameters
 that cost tens of milliseconds a pass even at ViT-B's size. --train-encoder trains it all.
+Lesson 10 (lessons/10_finetuning.md) explains it, with a run on a shifted toy domain.
 
 Four parts:
   1. reading masks: COCO run lengths, polygons, the two layouts, and what is refused;

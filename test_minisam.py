@@ -1212,7 +1212,9 @@ def train(out, *flags):
 def tiny_evaluation(monkeypatch):
     # a few held-out images keep the end-of-run evaluation and figures fast in tests; undone
     # after each test, so later tests (the lessons) see every held-out image
-    monkeypatch.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 3))
+    # (six: the gallery needs held-out objects of three levels, which the first six hold)
+    monkeypatch.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 6))
+    monkeypatch.setattr(train_toy, "AMG_EVAL_IMAGES", 2)
 
 
 def test_a_few_steps_lower_the_loss_and_leave_everything_promised(tmp_path, tiny_evaluation):
@@ -2011,9 +2013,6 @@ def test_click_demo_benchmark_times_the_round_trip_around_the_decoder(click_demo
 # -----------------------------------------------------------------------------
 # Fine-tuning on your own masks (finetune.py)
 
-# -----------------------------------------------------------------------------
-# Fine-tuning on your own masks (finetune.py)
-
 
 def export(folder: Path, images: int, shifted: bool = False) -> Path:
     finetune.main(["--export-toy", str(folder), "--images", str(images)]
@@ -2314,3 +2313,78 @@ def test_train_encoder_trains_the_whole_model(toy_data, few_targets, tmp_path):
                            start["image_encoder.patch_embed.proj.weight"])
     # the held-out images were encoded again by the trained encoder, the training ones never
     assert len(list((tmp_path / "embeddings").iterdir())) == 2 * 2
+
+
+@given(st.one_of(mask_batches(max_side=40), st.lists(masks_of_shape((300, 200)), min_size=1,
+                                                     max_size=2)))
+@PYCOCOTOOLS_NUMPY2_WARNING
+def test_compressed_rle_decodes_as_pycocotools_encodes(masks):
+    """Every mask pycocotools compresses, empty and full ones too, reads back to its runs
+    (the ones minisam.mask_to_rle counts) and to itself."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    for mask in masks:
+        coco = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        text = coco["counts"].decode()
+        runs = minisam.mask_to_rle(torch.from_numpy(mask)[None])[0]["counts"]
+        assert finetune.rle_counts(text) == runs
+        assert np.array_equal(finetune.decode_segmentation({"size": coco["size"], "counts": text},
+                                                           *mask.shape), mask)
+
+
+def test_finetune_reads_vit_b_from_a_raw_state_dict_of_the_official_shapes(tmp_path,
+                                                                           monkeypatch):
+    """Lesson 10's ViT-B path, as far as a machine without the official weights can take it:
+    random weights of the official shapes saved as a raw state dict (sam_vit_b_01ec64.pth's
+    format), two small JPEGs of other aspects whose masks go to 1024 px with them, one
+    training step of the decoder, and an OUT/ckpt.pt that build_sam("vit_b") loads."""
+    monkeypatch.setattr(finetune, "IMAGES_PER_STEP", 1)  # one image, two masks: the same code
+    monkeypatch.setattr(finetune, "TARGETS_PER_IMAGE", 2)
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("wide", (40, 60)), ("tall", (50, 30))):
+        matplotlib.image.imsave(data / f"{name}.jpg", rng.integers(0, 256, (h, w, 3), np.uint8))
+        masks = np.zeros((2, h, w), bool)
+        masks[0, 5:h - 5, 5:w // 2] = True
+        masks[1, h // 2:, w // 3:] = True
+        rles = minisam.mask_to_rle(torch.from_numpy(masks))
+        annotations = [{"segmentation": rle} for rle in rles]
+        (data / f"{name}.json").write_text(json.dumps({"annotations": annotations}))
+    torch.manual_seed(0)
+    start = minisam.Sam(CONFIGS["vit_b"]).state_dict()
+    torch.save(start, tmp_path / "sam_vit_b_random.pth")
+    finetune.main(["--data", str(data), "--config", "vit_b", "--checkpoint",
+                   str(tmp_path / "sam_vit_b_random.pth"), "--out", str(out), "--steps", "1",
+                   "--val-fraction", "0.5"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["train_images"], metrics["held_out_images"], metrics["steps"]) == (1, 1, 1)
+    assert metrics["before"]["targets"] == metrics["after"]["targets"] == 2
+    embeddings = sorted((out / "embeddings").iterdir())
+    assert len(embeddings) == 2  # one per image, in ViT-B's shape
+    assert torch.load(embeddings[0], weights_only=True).shape == (256, 64, 64)
+    trained = minisam.build_sam("vit_b", checkpoint=out / "ckpt.pt").state_dict()
+    for name in ("image_encoder.patch_embed.proj.weight", "mask_decoder.iou_prediction_head."
+                 "layers.0.weight"):
+        assert torch.equal(trained[name], start[name]) == name.startswith("image_encoder."), name
+
+
+def test_the_finetuning_figure_fine_tunes_the_checkpoint_given(figures, tmp_path, monkeypatch,
+                                                                capsys):
+    """The figure runs lesson 10's command itself (here on 10 images for 2 steps of 2 images)
+    from the checkpoint make_figures is given, and draws its held-out images."""
+    model = random_sam(CONFIGS["toy"], seed=0)
+    checkpoint = tmp_path / "toy.pt"
+    train_toy.save_checkpoint(checkpoint, {"model": model.state_dict(),
+                                           "config": dataclasses.asdict(model.config),
+                                           "step": 7, "seed": 0, "history": []})
+    monkeypatch.setattr(figures, "FINETUNE_IMAGES", 10)
+    monkeypatch.setattr(finetune, "IMAGES_PER_STEP", 2)
+    run = finetune.main
+    monkeypatch.setattr(finetune, "main", lambda argv: run(argv + ["--steps", "2"]
+                                                           if "--data" in argv else argv))
+    figures.main(["--checkpoint", str(checkpoint), "--only", "finetuning"])
+    picture = plt.imread(tmp_path / "figures" / "finetuning.png")
+    assert picture.ndim == 3 and min(picture.shape[:2]) > 100
+    printed = capsys.readouterr().out
+    assert f"{checkpoint} (7 steps)" in printed  # the "before" model
+    assert "step 2/2" in printed and "held out: 2 images" in printed  # the run it fine-tuned

@@ -614,7 +614,11 @@ def automatic_mask_scores(model: minisam.Sam, seeds, **settings) -> dict:
 # Pictures
 
 
-def make_figures(model: minisam.Sam, metrics: dict, history: list, out: Path) -> None:
+def draw_pictures(model: minisam.Sam, metrics: dict, history: list, out: Path) -> None:
+    """This run's curves (loss.png, miou_vs_clicks.png), and its model drawn exactly as the
+    README and the lessons draw the shipped one (lessons/make_figures.py): three held-out
+    images prompted with one click, a box and corrective clicks (gallery.png), and the
+    automatic masks of one beside its true masks (automask.png)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -647,72 +651,12 @@ def make_figures(model: minisam.Sam, metrics: dict, history: list, out: Path) ->
     fig.savefig(out / "miou_vs_clicks.png", dpi=120)
     plt.close(fig)
 
-    predictor = minisam.SamPredictor(model)
-    fig, axes = plt.subplots(4, 6, figsize=(14.4, 10))
-    for row, seed in zip(axes, list(EVAL_SEEDS)[:4]):
-        image, masks = make_sample(seed, model.config.image_size)
-        predictor.set_image(image)
-        target = masks[len(masks) // 2]
-        x, y = interior_point(torch.from_numpy(target)[None])[0].tolist()
-        masks3, ious, low_res3 = predictor.predict(np.array([[x, y]]), np.array([1]))
-        box = minisam.batched_mask_to_box(torch.from_numpy(target)).tolist()
-        box_mask, box_iou_pred, _ = predictor.predict(box=np.array(box), multimask_output=False)
-        row[0].imshow(image)
-        row[0].plot([x], [y], "o", color="lime", markeredgecolor="k")
-        row[0].set_title("click")
-        for ax, mask, iou in zip(row[1:4], masks3, ious):
-            ax.imshow(image)
-            ax.imshow(np.ma.masked_where(~mask, mask), alpha=0.55, cmap="autumn")
-            ax.plot([x], [y], "o", color="lime", markeredgecolor="k")
-            ax.set_title(f"predicted IoU {iou:.2f}")
-        row[4].imshow(image)
-        row[4].imshow(np.ma.masked_where(~box_mask[0], box_mask[0]), alpha=0.55, cmap="winter")
-        x0, y0, x1, y1 = box
-        row[4].add_patch(matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
-                                                      color="lime"))
-        row[4].set_title(f"box, predicted IoU {box_iou_pred[0]:.2f}")
-        # the interactive protocol of `evaluate`: two corrective clicks after the first, each
-        # at the middle of the largest error, the previous low-res logits fed back
-        best = ious.argmax()
-        mask, low_res, points, labels = masks3[best], low_res3[best][None], [[x, y]], [1]
-        for _ in range(2):
-            click, label = largest_error_click(torch.from_numpy(mask)[None],
-                                               torch.from_numpy(target)[None])
-            points.append(click[0].tolist())
-            labels.append(int(label[0]))
-            mask, _, low_res = predictor.predict(np.array(points), np.array(labels),
-                                                 mask_input=low_res, multimask_output=False)
-            mask = mask[0]
-        row[5].imshow(image)
-        row[5].imshow(np.ma.masked_where(~mask, mask), alpha=0.55, cmap="autumn")
-        for (px, py), fg in zip(points, labels):
-            row[5].plot([px], [py], "o", color="lime" if fg else "red", markeredgecolor="k")
-        iou = mask_iou(torch.from_numpy(mask), torch.from_numpy(target)).item()
-        row[5].set_title(f"3 clicks, true IoU {iou:.2f}")
-        for ax in row:
-            ax.axis("off")
-    fig.suptitle("held-out images: one click -> three masks (whole / part / subpart); a box; "
-                 "two more clicks (green: foreground, red: background)")
-    fig.tight_layout()
-    fig.savefig(out / "gallery.png", dpi=100)
-    plt.close(fig)
-
-    image, _ = make_sample(EVAL_SEEDS[0], model.config.image_size)
-    records = minisam.SamAutomaticMaskGenerator(model, **TOY_AMG_SETTINGS).generate(image)
-    overlay = np.zeros((*image.shape[:2], 3))
-    rng = np.random.default_rng(0)
-    for record in sorted(records, key=lambda r: -r["area"]):
-        overlay[record["segmentation"]] = rng.random(3)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-    axes[0].imshow(image)
-    axes[1].imshow(image)
-    axes[1].imshow(overlay, alpha=0.6)
-    axes[1].set_title(f"automatic masks: {len(records)}")
-    for ax in axes:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "automask.png", dpi=100)
-    plt.close(fig)
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "lessons"))
+    import make_figures as figures  # the lessons' figure code; it imports this module
+    figures.draw_run(model, f"{out.name}/ckpt.pt, {history[-1]['step'] if history else 0} "
+                            "training steps",
+                     {"one_click_three_masks": out / "gallery.png",
+                      "automatic_masks": out / "automask.png"})
 
 
 # -----------------------------------------------------------------------------
@@ -922,7 +866,7 @@ def main(argv=None):
               "in no other valid mask)")
         print(f"  {'mIoU after 1..9 clicks':<30} "
               + " ".join(f"{v:.3f}" for v in metrics["miou_by_clicks"]))
-        make_figures(model, metrics, history, args.out)
+        draw_pictures(model, metrics, history, args.out)
         print(f"wrote {ckpt_path}, {args.out / 'metrics.json'} and figures in {args.out}/")
         if args.save_model:
             save_model(args.save_model, model_state(), metrics)

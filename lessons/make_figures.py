@@ -5,6 +5,8 @@ make_figures.py: draw every figure of the README and the lessons into lessons/fi
     python lessons/make_figures.py --only hero                 # one figure (repeat --only)
     python lessons/make_figures.py --checkpoint out/ckpt.pt    # your own run's model instead
 
+(`finetuning` runs lesson 10's fine-tune of the checkpoint first: minutes more, not seconds.)
+
 One function per figure, registered with @figure under the name of the PNG it writes; to add
 a figure, write a function `def name(path)` that saves one PNG to `path`, decorate it, and
 main() picks it up. Every figure is deterministic: fixed seeds, and images, clicks and masks
@@ -25,8 +27,10 @@ A panel with a predicted mask prints the IoU the model predicts for it and its t
 
 import argparse
 import functools
+import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +47,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `python lessons/make_figures.py` finds minisam
+import finetune  # noqa: E402
 import minisam  # noqa: E402
 import train_toy  # noqa: E402
 from train_toy import MATCH_IOU, precision_recall  # noqa: E402
@@ -170,13 +175,28 @@ def _load(path: Path):
     return model, f"{path.name}, {step} training steps"
 
 
+RUN = None  # (model, label) while draw_run draws a model train_toy.py has just trained
+
+
 def trained_model() -> minisam.Sam:
     """The toy model of CHECKPOINT (lessons/toy_sam.pt unless --checkpoint), loaded once."""
-    return _load(CHECKPOINT)[0]
+    return RUN[0] if RUN else _load(CHECKPOINT)[0]
 
 
 def model_label() -> str:
-    return _load(CHECKPOINT)[1]
+    return RUN[1] if RUN else _load(CHECKPOINT)[1]
+
+
+def draw_run(model: minisam.Sam, label: str, paths: dict) -> None:
+    """train_toy.py's pictures of the model it has trained: the figures named in `paths`
+    ({figure name: PNG path}), drawn with `model` in place of the checkpoint."""
+    global RUN
+    RUN = (model.eval(), label)
+    try:
+        for name, path in paths.items():
+            FIGURES[name](path)
+    finally:
+        RUN = None
 
 
 # Images for the figures of a trained model: the held-out objects with all three levels
@@ -886,6 +906,60 @@ def parameter_counts_by_preset(path: Path) -> None:
     ax.set_title("Parameters per preset: the image encoder is nearly all of SAM")
     ax.legend(loc="upper left", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
+    save(fig, path)
+
+
+# -----------------------------------------------------------------------------
+# Lesson 10: fine-tuning on your own masks
+
+FINETUNE_IMAGES = 200  # the shifted toy images lesson 10 exports and fine-tunes on
+
+
+@figure
+def finetuning(path: Path) -> None:
+    """Lesson 10's run, redone: FINETUNE_IMAGES toy worlds exported in the shifted style,
+    the checkpoint fine-tuned on them with finetune.py's defaults (decoder only), then the
+    first three held-out images in the split's order, on the mask finetune.py's own
+    examples take (the middle one): the truth, and a box and a click before and after."""
+    with tempfile.TemporaryDirectory() as scratch:
+        data, out = Path(scratch) / "shifted", Path(scratch) / "out"
+        finetune.main(["--export-toy", str(data), "--images", str(FINETUNE_IMAGES), "--shifted"])
+        argv = ["--data", str(data), "--config", "toy", "--checkpoint", str(CHECKPOINT),
+                "--out", str(out)]
+        finetune.main(argv)
+        args = finetune.parse_args(argv)
+        metrics = json.loads((out / "metrics.json").read_text())
+        before, after = trained_model(), minisam.build_sam("toy", checkpoint=out / "ckpt.pt")
+        S = before.config.image_size
+        _, held_out = finetune.split(finetune.read_data(data), args.val_fraction)
+        samples = [finetune.load_sample(entry, S) for entry in held_out[:3]]
+        finetune.cache_embeddings(before, samples, out / "embeddings")  # the run cached them
+        answers = {"before": finetune.examples(before, samples),
+                   "after": finetune.examples(after, samples)}
+        images = [finetune.read_image(sample.image) for sample in samples]  # S x S: no resize
+    fig, axes = plt.subplots(len(samples), 5, figsize=(13, 2.9 * len(samples) + 1.2),
+                             squeeze=False, layout="constrained")
+    for i, (row, sample, image) in enumerate(zip(axes, samples, images)):
+        truth = finetune.targets_of(sample, [len(sample.masks) // 2])  # (1, S, S)
+        box = minisam.batched_mask_to_box(truth)[0].numpy()
+        click = train_toy.interior_point(truth).numpy()  # (1, 2): where examples() clicks
+        truth = truth[0].numpy()
+        mask_panel(row[0], image, truth=truth, colour=True,
+                   title=f"held-out {sample.image.name}\nthe mask to find")
+        for ax, (prompt, when) in zip(row[1:], [(p, w) for p in ("box", "click")
+                                                for w in ("before", "after")]):
+            mask, predicted = answers[when][i][prompt]
+            mask = mask.numpy()
+            mask_panel(ax, image, mask, truth, *((click, [1]) if prompt == "click" else ()),
+                       box=box if prompt == "box" else None,
+                       title=f"{when}, {'a box' if prompt == 'box' else 'one click'}\n"
+                             f"{scores(predicted, mask, truth)}")
+    b, a = (metrics[when]["box_miou"] for when in ("before", "after"))
+    fig.suptitle(f"the toy model ({model_label()}) on the shifted domain, before and after "
+                 f"{metrics['steps']} steps of `finetune.py` (decoder only)\n"
+                 f"box mIoU on all {metrics['held_out_images']} held-out images: {b:.3f} before, "
+                 f"{a:.3f} after")
+    legend(fig, "mask", "truth", "positive", "box")
     save(fig, path)
 
 
