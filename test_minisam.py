@@ -1591,82 +1591,177 @@ def test_dense_pe_is_made_once_and_follows_the_loaded_matrix():
 # The data engine in miniature (lessons/data_engine.py)
 
 
+def quick_world(budget):
+    """The images `run` uses at seed 0: the seed set, then the pool (stage 1's rounds, stage 2,
+    stage 3, in that order), as (image, true masks)."""
+    return [train_toy.make_sample(train_toy.TRAIN_SEEDS[i]) for i in range(
+        budget.seed_images + budget.stage1_rounds * budget.stage1_images_per_round
+        + budget.stage2_images + budget.stage3_images)]
+
+
+def fraction(x):
+    return isinstance(x, float) and 0 <= x <= 1
+
+
 def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
     data_engine = lessons_module("data_engine")
+    threads = torch.get_num_threads()
     data_engine.main(["--out", str(tmp_path), "--quick", "--threads", "1"])
-    assert torch.get_num_threads() == 2  # main gives the caller's thread count back
+    assert torch.get_num_threads() == threads  # main gives the caller's thread count back
     results = json.loads((tmp_path / "data_engine.json").read_text())
-    for name in ("clicks_per_mask.png", "masks_per_image.png", "final_comparison.png"):
+    for name in ("clicks_per_mask.png", "masks_per_image.png", "final_comparison.png",
+                 "labels.png"):
         assert (tmp_path / name).stat().st_size > 0
-
-    def fraction(x):
-        return isinstance(x, float) and 0 <= x <= 1
-
+    assert results["brush"] is True and results["quick"] is True  # the paper's annotator
     budget = data_engine.QUICK
+    assert results["budget"] == {k: getattr(budget, k) for k in results["budget"]}
+    objects = [len(masks) for _, masks in quick_world(budget)]
     rounds = results["stage1"]["rounds"]
     assert len(rounds) == budget.stage1_rounds
+    start = budget.seed_images
     for r in rounds:
-        assert r["clicks_per_mask"] >= 0 and isinstance(r["masks"], int) and r["masks"] >= 0
-        assert fraction(r["miou"]) and fraction(r["accepted_fraction"])
+        asked = sum(objects[start:start + budget.stage1_images_per_round])
+        start += budget.stage1_images_per_round
+        assert isinstance(r["masks"], int) and fraction(r["miou"]) and r["clicks_per_mask"] >= 0
         assert r["masks_per_image"] == pytest.approx(r["masks"] / budget.stage1_images_per_round)
+        assert r["accepted_fraction"] == pytest.approx(r["masks"] / asked)
+        # every object is labelled: accepted from the model's clicks, or brushed
+        assert r["masks"] + r["brushed_masks"] == asked
+        assert (r["brush_pixels_per_mask"] > 0) == (r["brushed_masks"] > 0)
     assert results["stage1"]["masks_per_image"] == pytest.approx(
         sum(r["masks"] for r in rounds) / (budget.stage1_rounds * budget.stage1_images_per_round))
     stage2 = results["stage2"]
-    labelled = stage2["prefilled_masks"] + stage2["clicked_masks"]
-    assert stage2["masks_per_image"] == pytest.approx(labelled / budget.stage2_images)
-    assert stage2["prefilled_fraction"] == pytest.approx(stage2["prefilled_masks"] / max(labelled, 1))
+    drawn = stage2["prefilled_masks"] + stage2["clicked_masks"]
+    assert drawn + stage2["brushed_masks"] == sum(objects[start:start + budget.stage2_images])
+    assert stage2["masks_per_image"] == pytest.approx(drawn / budget.stage2_images)
+    assert stage2["prefilled_fraction"] == pytest.approx(stage2["prefilled_masks"] / max(drawn, 1))
+    assert stage2["clicks_per_mask"] >= 0 and stage2["brush_pixels_per_mask"] >= 0
     for key in ("precision", "recall"):
         assert fraction(results["stage3"][key])
-    assert results["stage3"]["masks_per_image"] >= 0
+        assert fraction(results["stage3"]["pseudo_labelling_with_seed_model"][key])
     final = results["final"]
     assert fraction(final["miou_engine"]) and fraction(final["miou_ground_truth"])
     assert final["ratio"] == pytest.approx(final["miou_engine"] / final["miou_ground_truth"])
-    # the ground-truth model trains on every true mask of every image the engine saw
-    world = [train_toy.make_sample(train_toy.TRAIN_SEEDS[i]) for i in range(
-        budget.seed_images + budget.stage1_rounds * budget.stage1_images_per_round
-        + budget.stage2_images + budget.stage3_images)]
-    assert final["ground_truth_masks"] == sum(len(masks) for _, masks in world)
+    # the ground-truth model trains on every true mask of every image the engine saw; the
+    # engine's on as many for the seed set and stages 1 and 2, then stage 3's masks
+    assert final["ground_truth_masks"] == sum(objects)
+    assert final["engine_masks"] == sum(objects[:-budget.stage3_images]) + round(
+        results["stage3"]["masks_per_image"] * budget.stage3_images)
 
 
 def test_data_engine_annotator_accepts_only_good_masks_and_counts_clicks():
     """The disc stub (disc_sam) draws roughened discs around the first click, and one of
-    radius 12 from the second click on: of these true discs it gets the first at once, the
-    second after a correction, and never the large and small ones or the bar."""
+    radius 12 from the second click on: at accept_iou 0.6 it gets a radius-12 disc at once, a
+    radius-10 one after a correction, and never a large or small disc or a bar."""
     data_engine = lessons_module("data_engine")
     model = disc_sam().eval()
-    image = toy_photo(64, 64, seed=3)
+    images = [toy_photo(64, 64, seed=3)] * 2
     yy, xx = np.mgrid[0:64, 0:64] + 0.5
-    truth = np.array([(yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
-                      for cy, cx, r in ((20, 20, 12), (40, 44, 10), (32, 32, 18), (44, 20, 5))]
-                     + [(yy > 30) & (yy < 33) & (xx > 5) & (xx < 60)])
-    r = data_engine.annotate(model, [image], [truth], click_budget=3, accept_iou=0.6)[0]
-    assert r["accepted"].tolist() == [True, True, False, False, False]
-    assert r["clicks"].tolist() == [1, 2, 3, 3, 3]  # the given-up ones spent the whole budget
-    assert r["masks"].shape == (2, 64, 64)
-    ious = minisam.mask_iou(torch.from_numpy(r["masks"]), torch.from_numpy(truth[:2]))
-    assert (ious >= 0.6).all()
-    assert data_engine.annotation_cost([r]) == {"clicks_per_mask": 12 / 2, "masks": 2,
-                                                "masks_per_image": 2.0, "accepted_fraction": 0.4}
-    # with the brush, the same clicks, and the masks given up on are labelled with the truth
-    brushed = data_engine.annotate(model, [image], [truth], click_budget=3, accept_iou=0.6,
-                                   brush=True)[0]
-    assert brushed["clicks"].tolist() == r["clicks"].tolist()
-    assert brushed["accepted"].tolist() == r["accepted"].tolist()
-    assert np.array_equal(brushed["masks"], np.concatenate([r["masks"], truth[2:]]))
-    # with a budget of one click, every mask costs exactly the first click
-    once = data_engine.annotate(model, [image], [truth], click_budget=1, accept_iou=0.6)[0]
-    assert once["clicks"].tolist() == [1] * 5 and once["accepted"].tolist()[:2] == [True, False]
+
+    def disc(cy, cx, r):
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+
+    bar = (yy > 30) & (yy < 33) & (xx > 5) & (xx < 60)
+    first = np.array([disc(44, 20, 5), disc(40, 44, 10), bar, disc(20, 20, 12)])
+    second = np.array([disc(32, 32, 18), disc(20, 20, 12)])
+    drawn, clicks, accepted = data_engine.click_until_accepted(
+        model, images, [first, second], click_budget=3, accept_iou=0.6)
+    assert clicks.tolist() == [3, 2, 3, 1, 3, 1]  # the unfinished ones spent the whole budget
+    assert accepted.tolist() == [False, True, False, True, False, True]
+    truth = torch.from_numpy(np.concatenate([first, second]))
+    ious = minisam.mask_iou(torch.from_numpy(drawn), truth)
+    assert ((ious >= 0.6) == torch.from_numpy(accepted)).all()
+
+    # the paper's annotator (the default): the model's masks where the clicks finished them,
+    # then the true masks it brushed; the brush's work is where the last mask was wrong
+    one, two = data_engine.annotate(model, images, [first, second], click_budget=3,
+                                    accept_iou=0.6)
+    assert one["clicks"].tolist() == [3, 2, 3, 1] and two["clicks"].tolist() == [3, 1]
+    assert one["accepted"].tolist() == [False, True, False, True]
+    assert np.array_equal(one["masks"], np.stack([drawn[1], drawn[3], first[0], first[2]]))
+    assert np.array_equal(two["masks"], np.stack([drawn[5], second[0]]))
+    painted = (drawn ^ truth.numpy()).sum((1, 2))
+    assert (painted[~accepted] > 0).all()
+    assert one["brush"].tolist() == [painted[0], 0, painted[2], 0]
+    assert two["brush"].tolist() == [painted[4], 0]
+    assert data_engine.annotation_cost([one, two]) == {
+        "clicks_per_mask": 13 / 3, "masks": 3, "masks_per_image": 1.5,
+        "accepted_fraction": 3 / 6, "brushed_masks": 3,
+        "brush_pixels_per_mask": painted[~accepted].sum() / 6}
+
+    # the annotator without a brush spends the same clicks and keeps only the model's masks
+    one, two = data_engine.annotate(model, images, [first, second], click_budget=3,
+                                    accept_iou=0.6, give_up=True)
+    assert one["clicks"].tolist() == [3, 2, 3, 1] and two["clicks"].tolist() == [3, 1]
+    assert np.array_equal(one["masks"], drawn[[1, 3]])
+    assert np.array_equal(two["masks"], drawn[5:])
+    assert one["brush"].tolist() == [0] * 4 and two["brush"].tolist() == [0] * 2
+    assert data_engine.annotation_cost([one, two]) == {
+        "clicks_per_mask": 13 / 3, "masks": 3, "masks_per_image": 1.5,
+        "accepted_fraction": 3 / 6, "brushed_masks": 0, "brush_pixels_per_mask": 0.0}
+
+    # with a budget of one click, every mask costs exactly the first click and the
+    # radius-10 disc needs the brush too; an image with nothing to label costs nothing
+    once, empty = data_engine.annotate(model, images, [first, first[:0]], click_budget=1,
+                                       accept_iou=0.6)
+    assert once["clicks"].tolist() == [1] * 4
+    assert once["accepted"].tolist() == [False, False, False, True]
+    assert np.array_equal(once["masks"], np.stack([drawn[3], first[0], first[1], first[2]]))
+    assert empty["masks"].shape == (0, 64, 64) and empty["clicks"].shape == (0,)
+    assert data_engine.annotation_cost([empty]) == {
+        "clicks_per_mask": 0.0, "masks": 0, "masks_per_image": 0.0, "accepted_fraction": 0.0,
+        "brushed_masks": 0, "brush_pixels_per_mask": 0.0}
 
 
 @pytest.mark.parametrize("argv", [["--quick"], ["--out", "x", "--seed-steps", "0"],
                                   ["--out", "x", "--accept-iou", "1.5"],
                                   ["--out", "x", "--threads", "0"],
-                                  ["--out", "x", "--rounds", "3"]])
+                                  ["--out", "x", "--rounds", "3"],
+                                  ["--out", "x", "--brush"]])  # the brush is no longer a flag
 def test_data_engine_rejects_bad_arguments(argv):
     data_engine = lessons_module("data_engine")
     with pytest.raises(SystemExit) as e:
         data_engine.parse_args(argv)
     assert e.value.code == 2
+
+
+def test_data_engine_gives_up_only_when_asked(tmp_path):
+    data_engine = lessons_module("data_engine")
+    assert not data_engine.parse_args(["--out", "x"]).give_up
+    assert data_engine.parse_args(["--out", "x", "--give-up"]).give_up
+    results = data_engine.main(["--out", str(tmp_path), "--quick", "--give-up", "--threads", "1",
+                                "--stage1-rounds", "1", "--stage2-images", "1", "--stage3-images",
+                                "1", "--eval-images", "1"])
+    assert results["brush"] is False
+    assert json.loads((tmp_path / "data_engine.json").read_text())["brush"] is False
+    rounds, stage2 = results["stage1"]["rounds"], results["stage2"]
+    for cost in (*rounds, stage2):
+        assert cost["brushed_masks"] == 0 and cost["brush_pixels_per_mask"] == 0
+    # the engine's labels: the seed set's, and only the masks the model drew after that
+    seed_set = quick_world(data_engine.QUICK)[:data_engine.QUICK.seed_images]
+    assert results["final"]["engine_masks"] == sum(len(m) for _, m in seed_set) + rounds[0][
+        "masks"] + stage2["prefilled_masks"] + stage2["clicked_masks"] + round(
+        results["stage3"]["masks_per_image"])
+
+
+def test_data_engine_trains_its_small_steps_on_the_labels_downsized():
+    data_engine = lessons_module("data_engine")
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, 32:] = 200
+    block, speck = np.zeros((2, 64, 64), bool)
+    block[10:20, 30:40] = True  # 10 x 10 px: 5 x 5 px at half the size
+    speck[50, 50] = True  # a quarter of a pixel at half the size: it vanishes
+    small = data_engine.downsized([(image, np.stack([block, speck])), (image, speck[None])], 32)
+    assert len(small) == 1  # the image left without a mask is dropped
+    small_image, masks = small[0]
+    assert small_image.dtype == np.uint8 and small_image.shape == (32, 32, 3)
+    assert (small_image[:, :16] == 0).all() and (small_image[:, 16:] == 200).all()
+    assert masks.shape == (1, 32, 32) and masks.sum() == 25 and masks[0, 5:10, 15:20].all()
+    # a training from scratch ends at full size, whatever size its first steps ran at
+    model = minisam.Sam(minisam.CONFIGS["toy"])
+    trained = data_engine.train_on_labels(model, [(image, np.stack([block]))], 2, seed=0,
+                                          from_scratch=True, log=lambda _: None)
+    assert trained.config == model.config and not trained.training
 
 
 # -----------------------------------------------------------------------------
