@@ -2290,8 +2290,9 @@ def test_a_mask_without_pixels_is_left_out_with_a_warning(tmp_path):
         (sample,) = read_all(tmp_path)
     assert len(sample.masks) == 1
     write_sa1b(tmp_path, "a", [rle_annotation([64])])
-    with pytest.warns(UserWarning, match="no masks"):
-        assert read_all(tmp_path) == [None]
+    with pytest.warns(UserWarning, match="no masks"), pytest.warns(UserWarning,
+                                                                  match="annotation 0"):
+        assert read_all(tmp_path) == [None]  # its only mask left out, then the image
 
 
 def test_the_held_out_split_goes_by_file_name():
