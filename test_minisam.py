@@ -69,15 +69,7 @@ def reference_sam(cfg: SamConfig):
     return bench.reference_sam(cfg, reference_package())
 
 
-def random_sam(cfg: SamConfig, seed: int = 0) -> Sam:
-    """A minisam model whose every weight is random and O(1)-scaled (the zero-initialised
-    relative positions and position embedding included), so parity checks every path."""
-    torch.manual_seed(seed)
-    model = Sam(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape) * (0.5 if p.dim() == 1 else p[0].numel() ** -0.5))
-    return model
+random_sam = bench.random_sam  # every weight random and O(1): parity checks every path
 
 
 def twin_models(cfg: SamConfig, seed: int = 0):

@@ -651,7 +651,9 @@ def draw_pictures(model: minisam.Sam, metrics: dict, history: list, out: Path) -
     fig.savefig(out / "miou_vs_clicks.png", dpi=120)
     plt.close(fig)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "lessons"))
+    lessons = str(Path(__file__).resolve().parent / "lessons")
+    if lessons not in sys.path:
+        sys.path.insert(0, lessons)
     import make_figures as figures  # the lessons' figure code; it imports this module
     figures.draw_run(model, f"{out.name}/ckpt.pt, {history[-1]['step'] if history else 0} "
                             "training steps",
