@@ -609,9 +609,7 @@ def train_model(model: minisam.Sam, train: list, state: dict, args) -> list:
                                                   warmup=max(1, args.steps // 10))
         loss, parts = trainer.from_embeddings(embeddings[index.to(device)], targets.to(device),
                                               generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_toy.optimisation_step(optimizer, loss, step, args.out / "ckpt.pt")
         step += 1
         history.append({"step": step, "loss": loss.item(), **parts,
                         "minutes": minutes_before + (time.time() - started) / 60})

@@ -2392,6 +2392,25 @@ def test_resume_continues_the_same_run_and_eval_only_scores_it_again(toy_data, s
     assert (again["before"], again["after"]) == (whole["before"], whole["after"])
 
 
+def test_non_finite_loss_stops_a_fine_tune_before_it_reaches_the_checkpoint(toy_data, few_targets,
+                                                                            tmp_path, monkeypatch):
+    real_batch, real_embeddings, at = finetune.training_batch, finetune.load_embeddings, {}
+
+    def batch(samples, seed, step):  # remembers the step, so the 3rd step's embeddings are NaN
+        at["step"] = step
+        return real_batch(samples, seed, step)
+
+    def embeddings(samples, device):
+        return real_embeddings(samples, device) * (float("nan") if at.get("step") == 2 else 1.0)
+
+    monkeypatch.setattr(finetune, "training_batch", batch)
+    monkeypatch.setattr(finetune, "load_embeddings", embeddings)
+    monkeypatch.setattr(finetune, "SAVE_EVERY", 2)
+    with pytest.raises(SystemExit, match="step 3: the loss is nan.*last good checkpoint"):
+        run(toy_data, tmp_path)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2
+
+
 def test_train_encoder_trains_the_whole_model(toy_data, few_targets, tmp_path):
     run(toy_data, tmp_path, "--train-encoder", "--steps", "2")
     torch.manual_seed(0)

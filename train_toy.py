@@ -369,6 +369,19 @@ def make_optimizer(model: minisam.Sam, lr: float, carried: dict = None):
     return optimizer
 
 
+def optimisation_step(optimizer, loss: torch.Tensor, step: int, ckpt_path: Path) -> None:
+    """Backpropagate `loss` and take one optimizer step, or stop the run cleanly if the loss
+    is not finite: one NaN gradient would spread into every weight, and from there into the
+    next checkpoint, overwriting the last good one."""
+    if not torch.isfinite(loss):
+        kept = (f"The last good checkpoint is {ckpt_path}" if ckpt_path.exists()
+                else "No checkpoint was saved before it")
+        raise SystemExit(f"step {step + 1}: the loss is {loss.item()}; stopping. {kept}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def provenance(argv: list) -> dict:
     """What a checkpoint's JSON says about how it was trained: the command, the code's commit
     (and whether train_toy.py or minisam.py differed from it), the thread count and machine."""
@@ -823,12 +836,7 @@ def main(argv=None):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         loss, parts = trainer(images.to(device), targets.to(device), index.to(device), generator)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"step {step + 1}: the loss is {loss.item()}; stopping. The last "
-                             f"good checkpoint is {ckpt_path}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimisation_step(optimizer, loss, step, ckpt_path)
         step += 1
         history.append({"step": step, "loss": loss.item(), **parts,
                         "minutes": minutes_before + (time.time() - start) / 60})
