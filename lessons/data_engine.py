@@ -397,14 +397,16 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
     n_prefilled, n_clicked = sum(len(k) for k in prefilled), cost["masks"]
     n_masks = n_prefilled + n_clicked  # the masks the model drew, pre-filled or clicked
     n_saved = n_masks + cost["brushed_masks"]
+    # annotation_cost's two ratios, with the pre-filled masks (no click, no brush) counted in
+    clicks = sum(int(a["clicks"].sum()) for a in annotated)
+    brushed_pixels = sum(int(a["brush"].sum()) for a in annotated)
     results["stage2"] = {
         "prefilled_fraction": n_prefilled / max(n_masks, 1),
         "masks_per_image": n_masks / max(len(batch), 1),
-        "clicks_per_mask": cost["clicks_per_mask"] * n_clicked / max(n_masks, 1),
+        "clicks_per_mask": clicks / max(n_masks, 1),
         "prefilled_masks": n_prefilled, "clicked_masks": n_clicked,
         "brushed_masks": cost["brushed_masks"],
-        "brush_pixels_per_mask": cost["brush_pixels_per_mask"]
-        * (n_clicked + cost["brushed_masks"]) / max(n_saved, 1)}
+        "brush_pixels_per_mask": brushed_pixels / max(n_saved, 1)}
     for (image, _), kept, a in zip(batch, prefilled, annotated):
         masks = np.concatenate([kept, a["masks"]])
         if len(masks):
