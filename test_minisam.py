@@ -1583,14 +1583,6 @@ def test_dense_pe_is_made_once_and_follows_the_loaded_matrix():
 # The data engine in miniature (lessons/data_engine.py)
 
 
-def quick_world(budget):
-    """The images `run` uses at seed 0: the seed set, then the pool (stage 1's rounds, stage 2,
-    stage 3, in that order), as (image, true masks)."""
-    return [train_toy.make_sample(train_toy.TRAIN_SEEDS[i]) for i in range(
-        budget.seed_images + budget.stage1_rounds * budget.stage1_images_per_round
-        + budget.stage2_images + budget.stage3_images)]
-
-
 def fraction(x):
     return isinstance(x, float) and 0 <= x <= 1
 
@@ -1607,7 +1599,7 @@ def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
     assert results["brush"] is True and results["quick"] is True  # the paper's annotator
     budget = data_engine.QUICK
     assert results["budget"] == {k: getattr(budget, k) for k in results["budget"]}
-    objects = [len(masks) for _, masks in quick_world(budget)]
+    objects = [len(masks) for _, masks in data_engine.engine_world(budget, seed=0)]
     rounds = results["stage1"]["rounds"]
     assert len(rounds) == budget.stage1_rounds
     start = budget.seed_images
@@ -1730,7 +1722,7 @@ def test_data_engine_gives_up_only_when_asked(tmp_path):
     for cost in (*rounds, stage2):
         assert cost["brushed_masks"] == 0 and cost["brush_pixels_per_mask"] == 0
     # the engine's labels: the seed set's, and only the masks the model drew after that
-    seed_set = quick_world(data_engine.QUICK)[:data_engine.QUICK.seed_images]
+    seed_set = data_engine.engine_world(data_engine.QUICK, seed=0)[:data_engine.QUICK.seed_images]
     assert results["final"]["engine_masks"] == sum(len(m) for _, m in seed_set) + rounds[0][
         "masks"] + stage2["prefilled_masks"] + stage2["clicked_masks"] + round(
         results["stage3"]["masks_per_image"])

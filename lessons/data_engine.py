@@ -315,6 +315,16 @@ def prefill(model: minisam.Sam, image: np.ndarray, truth: np.ndarray, accept_iou
 # 4. The engine
 
 
+def engine_world(budget: Budget, seed: int) -> list:
+    """The images of a run, as (image, true masks): a hand-labelled seed set, then the pool
+    the engine labels stage by stage, in the order the stages take it (stage 1's rounds,
+    stage 2, stage 3)."""
+    pool = budget.stage1_rounds * budget.stage1_images_per_round + budget.stage2_images \
+        + budget.stage3_images
+    first = seed * 100_000
+    return [make_sample(TRAIN_SEEDS[first + i]) for i in range(budget.seed_images + pool)]
+
+
 def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tuple:
     """The whole experiment (give_up: the annotator without a brush, see `annotate`). Returns
     (results dict, dict of models by name, examples: one labelled image per stage, a list of
@@ -324,11 +334,7 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
     def say(text):
         log(f"[{(time.time() - started) / 60:5.1f} min] {text}")
 
-    # images: a hand-labelled seed set, then a pool the engine labels stage by stage
-    first = seed * 100_000
-    n_pool = budget.stage1_rounds * budget.stage1_images_per_round + budget.stage2_images \
-        + budget.stage3_images
-    world = [make_sample(TRAIN_SEEDS[first + i]) for i in range(budget.seed_images + n_pool)]
+    world = engine_world(budget, seed)
     seed_set, pool = world[:budget.seed_images], world[budget.seed_images:]
     results = {"budget": dataclasses.asdict(budget), "brush": not give_up,
                "hyper_parameters": _hyper_parameters(),
