@@ -360,8 +360,8 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
     seed_model = copy.deepcopy(model)
     results["seed_model"] = held_out_miou(model, budget.eval_images)
 
-    def labels_of(annotated):  # which saved masks were brushed: they follow the accepted
-        return [np.arange(len(a["masks"])) >= a["accepted"].sum() for a in annotated]
+    def brushed_flags(annotated):  # which of an image's saved masks were brushed: the last ones
+        return np.arange(len(annotated["masks"])) >= annotated["accepted"].sum()
 
     # Stage 1, assisted-manual: annotate a batch of pool images, retrain on all labels, repeat
     rounds, stage1_results, cursor = [], [], 0
@@ -375,7 +375,7 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
         labelled += [(im, a["masks"]) for (im, _), a in zip(batch, annotated) if len(a["masks"])]
         if r in (0, budget.stage1_rounds - 1):
             example(f"stage 1, round {r + 1}", *batch[0], annotated[0]["masks"],
-                    labels_of(annotated)[0])
+                    brushed_flags(annotated[0]))
         rounds.append({**annotation_cost(annotated), **quality})
         say(f"stage 1 round {r + 1}: held-out miou {quality['miou']:.3f}, "
             f"{rounds[-1]['clicks_per_mask']:.2f} clicks and "
@@ -419,7 +419,7 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
             labelled.append((image, masks))
     if batch:
         example("stage 2", *batch[0], np.concatenate([prefilled[0], annotated[0]["masks"]]),
-                np.concatenate([np.zeros(len(prefilled[0]), bool), labels_of(annotated)[0]]))
+                np.concatenate([np.zeros(len(prefilled[0]), bool), brushed_flags(annotated[0])]))
     say(f"stage 2: {results['stage2']['prefilled_fraction']:.0%} of masks pre-filled, "
         f"{results['stage2']['masks_per_image']:.2f} masks/image; retraining "
         f"{budget.round_steps} steps on {len(labelled)} images")
