@@ -1908,7 +1908,7 @@ def shows(click_demo, panel, masks) -> bool:
     for mask in shown:
         inner, outer = click_demo.edges(mask)
         expected[outer], expected[inner] = 0, 255
-    picture = panel.picture.get_array()
+    picture = panel.picture.rgba
     return (picture[..., 3] == 255).all() and np.array_equal(picture[..., :3], expected)
 
 
@@ -1986,7 +1986,7 @@ def test_click_demo_automatic_key_draws_the_records_and_escape_clears(click_demo
     shown = [prompt.resize(r["segmentation"]) for r in records]
     union = np.logical_or.reduce(shown)
     around = np.logical_or.reduce([click_demo.edges(m)[1] for m in shown])  # black outlines
-    picture = prompt.picture.get_array()[..., :3]
+    picture = prompt.picture.rgba[..., :3]
     changed = (picture != prompt.shown).any(-1)
     assert not changed[~union & ~around].any() and changed[union].mean() > 0.99
     assert (picture[around & ~union] == 0).all()
@@ -2027,9 +2027,34 @@ def test_click_demo_pictures_keep_the_images_pixel_frame(click_demo):
         panel = demo.panels[1]
         side = max(panel.shown.shape[:2])
         assert click_demo.DISPLAY_SIDE * 0.75 < side <= click_demo.DISPLAY_SIDE
-        x0, x1, y1, y0 = panel.picture.get_extent()
-        assert (x0, y0) == (-0.5, -0.5) and x1 >= shape[1] - 0.5 and y1 >= shape[0] - 0.5
+        width, height = panel.picture.extent  # image pixels, from (-0.5, -0.5)
+        assert width >= shape[1] and height >= shape[0]
         assert demo.axes[1].get_xlim() == (-0.5, shape[1] - 0.5)
+
+
+def test_click_demo_draws_its_pictures_pixel_for_pixel_as_imshow_does(click_demo):
+    """ScreenPicture is imshow(interpolation="none") made fast: on the same axes, the two
+    must put the same screen pixels, also for a picture spanning more than the axes show
+    (as a large image's does) and when zoomed in off-centre."""
+    rgba = np.random.default_rng(0).integers(0, 256, (37, 51, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    extent = (51 * 3.1, 37 * 3.1)  # a picture pixel covers 3.1 image pixels
+    for xlim, ylim in (((-0.5, 149.5), (109.5, -0.5)), ((20.3, 70.8), (90.2, 41.7))):
+        drawn = []
+        for fast in (True, False):
+            fig = click_demo.headless_figure()
+            ax = fig.add_axes((0.1, 0.1, 0.33, 0.8))
+            if fast:
+                click_demo.ScreenPicture(ax, rgba, extent)
+            else:
+                ax.imshow(rgba, interpolation="none",
+                          extent=(-0.5, extent[0] - 0.5, extent[1] - 0.5, -0.5))
+            ax.set(xlim=xlim, ylim=ylim, aspect="equal")
+            ax.set_axis_off()
+            fig.canvas.draw()
+            drawn.append(np.asarray(fig.canvas.buffer_rgba()).copy())
+        assert (drawn[1] != 255).any()  # imshow drew something there
+        assert np.array_equal(drawn[0], drawn[1])
 
 
 def test_click_demo_reads_png_and_jpeg_and_rejects_bad_files(click_demo, tmp_path):
