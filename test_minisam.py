@@ -1633,6 +1633,20 @@ def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
         results["stage3"]["masks_per_image"] * budget.stage3_images)
 
 
+def test_data_engine_training_stops_on_a_non_finite_loss_before_the_weights_take_it():
+    data_engine = lessons_module("data_engine")
+    torch.manual_seed(0)
+    model = Sam(dataclasses.replace(CONFIGS["toy"], image_size=32))
+    labelled = [train_toy.make_sample(seed, 32) for seed in (1, 2)]
+    with torch.no_grad():
+        model.mask_decoder.iou_token.weight[0, 0] = float("nan")  # every loss is NaN from step 1
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    with pytest.raises(SystemExit, match="step 1: the loss is nan; stopping.$"):
+        data_engine.train_on_labels(model, labelled, steps=3, seed=0, log=lambda *a: None)
+    assert all(torch.allclose(p, before[name], rtol=0, atol=0, equal_nan=True)
+               for name, p in model.named_parameters())  # no step was taken
+
+
 def test_data_engine_annotator_accepts_only_good_masks_and_counts_clicks():
     """The disc stub (disc_sam) draws roughened discs around the first click, and one of
     radius 12 from the second click on: at accept_iou 0.6 it gets a radius-12 disc at once, a

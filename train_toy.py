@@ -369,14 +369,16 @@ def make_optimizer(model: minisam.Sam, lr: float, carried: dict = None):
     return optimizer
 
 
-def optimisation_step(optimizer, loss: torch.Tensor, step: int, ckpt_path: Path) -> None:
+def optimisation_step(optimizer, loss: torch.Tensor, step: int, ckpt_path: Path = None) -> None:
     """Backpropagate `loss` and take one optimizer step, or stop the run cleanly if the loss
     is not finite: one NaN gradient would spread into every weight, and from there into the
-    next checkpoint, overwriting the last good one."""
+    next checkpoint (`ckpt_path`, for runs that save one), overwriting the last good one."""
     if not torch.isfinite(loss):
-        kept = (f"The last good checkpoint is {ckpt_path}" if ckpt_path.exists()
-                else "No checkpoint was saved before it")
-        raise SystemExit(f"step {step + 1}: the loss is {loss.item()}; stopping. {kept}")
+        message = f"step {step + 1}: the loss is {loss.item()}; stopping."
+        if ckpt_path is not None:
+            message += (f" The last good checkpoint is {ckpt_path}" if ckpt_path.exists()
+                        else " No checkpoint was saved before it")
+        raise SystemExit(message)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

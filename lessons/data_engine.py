@@ -46,7 +46,7 @@ from minisam import mask_iou  # noqa: E402
 from train_toy import (EVAL_SEEDS, MATCH_IOU, TOY_AMG_SETTINGS, TRAIN_SEEDS,  # noqa: E402
                        InteractiveTraining, decode, evaluate, interior_point,
                        largest_error_click, learning_rate, make_optimizer, make_sample,
-                       precision_recall, resize_sam, stack_samples)
+                       optimisation_step, precision_recall, resize_sam, stack_samples)
 
 # -----------------------------------------------------------------------------
 # 0. The budget: every count of images and optimisation steps, in one place.
@@ -150,9 +150,7 @@ def train_on_labels(model: minisam.Sam, labelled: list, steps: int, seed: int,
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, hp["lr"], warmup)
         loss, _ = trainer(images, targets, index, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimisation_step(optimizer, loss, step)  # the engine saves no checkpoint
         losses.append(loss.item())
         if (step + 1) % 50 == 0:
             log(f"    step {step + 1}/{steps} ({model.config.image_size} px)  loss "
