@@ -1633,6 +1633,31 @@ def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
         results["stage3"]["masks_per_image"] * budget.stage3_images)
 
 
+def test_lesson_8_quotes_the_shipped_data_engine_run():
+    """Lesson 8's default column is lessons/figures/data_engine/data_engine.json, the run
+    that drew its figures: the two cannot drift apart."""
+    run = json.loads((ROOT / "lessons/figures/data_engine/data_engine.json").read_text())
+    lesson = (ROOT / "lessons" / "08_data_engine.md").read_text()
+    budget = dataclasses.asdict(lessons_module("data_engine").Budget())
+    assert run["brush"] and run["budget"] == budget  # the default command's run
+    rounds, stage2, final = run["stage1"]["rounds"], run["stage2"], run["final"]
+
+    def per_round(key, form, last=None):
+        return ", ".join(form.format(r[key]) for r in rounds) + (
+            "" if last is None else "; " + form.format(last))
+
+    quoted = [per_round("miou", "{:.3f}", stage2["after_retraining"]["miou"]),
+              per_round("accepted_fraction", "{:.0%}"),
+              per_round("clicks_per_mask", "{:.0f}", stage2["clicks_per_mask"]),
+              per_round("brush_pixels_per_mask", "{:.0f}", stage2["brush_pixels_per_mask"]),
+              f"{run['stage1']['masks_per_image']:.2f}; {stage2['masks_per_image']:.2f} "
+              f"({stage2['prefilled_fraction']:.0%})",
+              f"{final['miou_engine']:.3f} / {final['miou_ground_truth']:.3f} "
+              f"({final['ratio']:.1%})"]
+    for text in quoted:
+        assert f"| {text} |" in lesson, text
+
+
 def test_data_engine_training_stops_on_a_non_finite_loss_before_the_weights_take_it():
     data_engine = lessons_module("data_engine")
     torch.manual_seed(0)
