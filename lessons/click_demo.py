@@ -96,8 +96,8 @@ def edges(mask: np.ndarray) -> tuple:
 class ScreenPicture(Artist):
     """An opaque uint8 RGBA picture drawn in its axes the way imshow(interpolation="none")
     draws it: every screen pixel shows the picture pixel under its centre. imshow's general
-    path (resampling, masked arrays, colour mapping) took about 9 ms per panel, most of a
-    click's drawing; this is one gather of 32-bit pixels and a copy, about 1 ms.
+    path (resampling, masked arrays, colour mapping) takes about 9 ms per panel on every
+    click; this is one gather of 32-bit pixels and a copy, under 1 ms.
 
     rgba: (h, w, 4), written in place by its Panel; it spans `extent` = (width, height) data
     units (image pixels) from (-0.5, -0.5), the frame imshow's `extent` would give it."""
