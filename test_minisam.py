@@ -1652,6 +1652,8 @@ def test_lesson_8_quotes_the_shipped_data_engine_run():
               per_round("brush_pixels_per_mask", "{:.0f}", stage2["brush_pixels_per_mask"]),
               f"{run['stage1']['masks_per_image']:.2f}; {stage2['masks_per_image']:.2f} "
               f"({stage2['prefilled_fraction']:.0%})",
+              f"{run['stage3']['masks_per_image']:.1f}, {run['stage3']['precision']:.2f}, "
+              f"{run['stage3']['recall']:.2f}",
               f"{final['miou_engine']:.3f} / {final['miou_ground_truth']:.3f} "
               f"({final['ratio']:.1%})"]
     for text in quoted:
