@@ -1362,6 +1362,9 @@ def test_save_model_writes_a_loadable_model_and_the_json_of_its_claims(tmp_path,
     model = build_sam("toy", checkpoint=tmp_path / "shipped" / "toy.pt")
     saved = torch.load(tmp_path / "shipped" / "toy.pt", weights_only=True)
     assert "optimizer" not in saved and saved["step"] == 4
+    # the learning curve's points only, the per-step losses stay in the run's own checkpoint
+    trained = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert saved["history"] == [h for h in trained["history"] if "box_miou" in h] != []
     record = json.loads((tmp_path / "shipped" / "toy.json").read_text())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert record["metrics"] == {k: v for k, v in metrics.items() if k != "learning_curve"}

@@ -735,14 +735,15 @@ def parse_args(argv=None):
 
 
 def save_model(path: Path, state: dict, metrics: dict) -> None:
-    """The shipped form of a trained model: its weights and history without the optimizer's
-    moments (a third of the size), and beside it a JSON of how it was made and what it scores,
+    """The shipped form of a trained model: its weights and learning curve, without the
+    optimizer's moments and the per-step losses (at 25000 steps, 6 MB and 2 MB of 11 MB; both
+    stay in OUT/ckpt.pt), and beside it a JSON of how it was made and what it scores,
     automatic masks included: with TOY_AMG_SETTINGS and with the reference's thresholds."""
     model = minisam.build_sam(SamConfig(**{k: tuple(v) if isinstance(v, list) else v
                                            for k, v in state["config"].items()}))
     model.load_state_dict(state["model"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, state)
+    save_checkpoint(path, {**state, "history": [h for h in state["history"] if "box_miou" in h]})
     seeds = EVAL_SEEDS[:AMG_EVAL_IMAGES]
     record = {"runs": state["runs"], "seed": state["seed"],
               "metrics": {k: v for k, v in metrics.items() if k != "learning_curve"},
