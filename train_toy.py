@@ -41,7 +41,7 @@ EVAL_IMAGES_PER_BATCH = 8  # held-out images encoded and decoded together
 # reference's defaults (IoU 0.88, stability 0.95) are for ViT-H on photographs; chosen for the
 # toy on held-out images other than the ones its JSON scores them on (lessons/experiments.md,
 # "Which automatic-mask thresholds suit the toy model?").
-TOY_AMG_SETTINGS = dict(points_per_side=16, pred_iou_thresh=0.5, stability_score_thresh=0.9,
+TOY_AMG_SETTINGS = dict(points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.85,
                         min_mask_region_area=8)
 REFERENCE_AMG_THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.95)
 AMG_EVAL_IMAGES = 16  # held-out images on which the automatic masks are scored
