@@ -629,6 +629,12 @@ def automatic_mask_scores(model: minisam.Sam, seeds, **settings) -> dict:
 # Pictures
 
 
+def curve_points(history: list) -> list:
+    """The entries of a run's history that carry held-out scores (every --curve-every steps):
+    its learning curve."""
+    return [h for h in history if "box_miou" in h]
+
+
 def draw_pictures(model: minisam.Sam, metrics: dict, history: list, out: Path) -> None:
     """This run's curves (loss.png, miou_vs_clicks.png), and its model drawn exactly as the
     README and the lessons draw the shipped one (lessons/make_figures.py): three held-out
@@ -645,7 +651,7 @@ def draw_pictures(model: minisam.Sam, metrics: dict, history: list, out: Path) -
         ax.plot(steps, values, label="20 x focal" if key == "focal" else key)
     ax.set(xlabel="step", ylabel="training loss", yscale="log", title="Loss")
     ax.legend()
-    points = [h for h in history if "box_miou" in h]
+    points = curve_points(history)
     for key in ("box_miou", "one_click_oracle_miou"):
         curve.plot([h["minutes"] for h in points], [h[key] for h in points], marker="o",
                    label=key.replace("_", " "))
@@ -743,7 +749,7 @@ def save_model(path: Path, state: dict, metrics: dict) -> None:
                                            for k, v in state["config"].items()}))
     model.load_state_dict(state["model"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {**state, "history": [h for h in state["history"] if "box_miou" in h]})
+    save_checkpoint(path, {**state, "history": curve_points(state["history"])})
     seeds = EVAL_SEEDS[:AMG_EVAL_IMAGES]
     record = {"runs": state["runs"], "seed": state["seed"],
               "metrics": {k: v for k, v in metrics.items() if k != "learning_curve"},
@@ -868,7 +874,7 @@ def main(argv=None):
         metrics["steps"] = step
         metrics["learning_curve"] = [{k: h[k] for k in ("step", "minutes", "box_miou",
                                                         "one_click_oracle_miou")}
-                                     for h in history if "box_miou" in h]
+                                     for h in curve_points(history)]
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"\nheld-out evaluation ({metrics['targets']} targets on {len(EVAL_SEEDS)} images)")
         for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r",

@@ -77,14 +77,14 @@ QUICK = Budget(seed_images=6, stage1_rounds=3, stage1_images_per_round=4, stage2
                click_budget=3)
 
 # The automatic masks of stages 2 and 3. The engine's models are far weaker than the shipped
-# checkpoint, and their IoU heads rarely predict above 0.5, so `TOY_AMG_SETTINGS` (tuned for
-# the shipped checkpoint) keep almost nothing: in one run, 0.18 masks per image in stage 3 and
-# none to pre-fill in stage 2. Looser still (IoU 0.4, stability 0.3), stage 3 labels more but
-# worse masks, and the final model learns less from them (lessons/experiments.md, "Which
-# automatic-mask thresholds for stages 2 and 3?"). Stage 2's
-# pre-filled masks are these proposals (the paper used a box detector trained on stage-1
-# masks; any source of confident masks plays the same part), each checked by the annotator:
-# its IoU >= 0.9 is the strict part.
+# checkpoint, and their IoU heads rarely predict above 0.5, so thresholds tuned for the shipped
+# checkpoint keep almost nothing: in one run with an earlier choice (IoU 0.5, stability 0.85),
+# 0.18 masks per image in stage 3 and none to pre-fill in stage 2. Looser still (IoU 0.4,
+# stability 0.3), stage 3 labels more but worse masks, and the final model learns less from
+# them (lessons/experiments.md, "Which automatic-mask thresholds for stages 2 and 3?").
+# Stage 2's pre-filled masks are these proposals (the paper used a box detector trained on
+# stage-1 masks; any source of confident masks plays the same part), each checked by the
+# annotator: its IoU >= 0.9 is the strict part.
 ENGINE_AMG_SETTINGS = dict(TOY_AMG_SETTINGS, pred_iou_thresh=0.5, stability_score_thresh=0.7)
 
 # -----------------------------------------------------------------------------

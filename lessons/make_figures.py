@@ -704,8 +704,8 @@ def learning_curves(path: Path) -> None:
         runs.append((DEFAULT_RUN, "default `python train_toy.py`", "C1"))
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for checkpoint, label, colour in runs:
-        history = [h for h in torch.load(checkpoint, map_location="cpu", weights_only=True)
-                   ["history"] if "box_miou" in h]
+        history = train_toy.curve_points(torch.load(checkpoint, map_location="cpu",
+                                                    weights_only=True)["history"])
         minutes = [h["minutes"] for h in history]
         ax.plot(minutes, [h["box_miou"] for h in history], color=colour, marker=".",
                 label=f"{label}: box")
