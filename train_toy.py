@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +48,60 @@ REFERENCE_AMG_THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.9
 AMG_EVAL_IMAGES = 16  # held-out images on which the automatic masks are scored
 
 # -----------------------------------------------------------------------------
-# 1. The toy world
+# 1. The toy worlds
 # SAM's central difficulty is ambiguity: a click on a shirt may mean the shirt or the person.
 # Here a click on a house's window may mean the window, the walls or the house; on a target
 # board, any of three nested rings. Every level is a valid target, and `parents` records
 # which mask lies inside which. Objects occlude each other (masks are what is visible),
 # touch the border, and sit on a noisy, textured background.
+#
+# SAM's other claim is that a model trained on a large and diverse dataset (SA-1B: 11M
+# photographs of every kind) transfers zero-shot to image distributions it never saw
+# (section 7). So the world comes in kinds (`World`): each draws the same sort of scene, objects
+# with parts on a background, but with its own shapes, palette, fills, crowding, sizes,
+# camera or canvas. `TRAINING_WORLDS` are the toy SA-1B; `HELD_OUT_WORLDS`, each unlike every
+# training world in some kind, are the toy "23 datasets", never trained on or chosen with
+# (lessons/11_zero_shot.md). The original world is `SHAPES`, drawn exactly as it always was.
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """How one world draws its images. The defaults are `SHAPES`, the original world."""
+    name: str = "shapes"
+    kinds: tuple = ("house", "target", "snowman", "ellipse", "rectangle", "triangle", "polygon")
+    objects: tuple = (2, 5)  # objects per image, drawn from [low, high)
+    size: tuple = (0.25, 0.55)  # an object's size, a fraction of the canvas's shorter side
+    palette: str = "any"  # any, pastel, grey (low contrast), neon (on a dark background)
+    fill: str = "flat"  # flat, gradient, checker, outline (a line drawing)
+    clutter: int = 0  # unlabelled line segments drawn over the background
+    noise: float = 6.0  # the pixel noise's standard deviation, in grey levels
+    blur: float = 0.0  # a Gaussian blur's sigma, in pixels of a 64-px canvas
+    haze: float = 0.0  # how far every pixel is pulled towards mid-grey (fog), 0..1
+    canvas: tuple = (1.0, 1.0)  # (height, width), multiples of the model's input size
+
+
+SHAPES = World()
+TRAINING_WORLDS = (
+    SHAPES,
+    World("crowds", objects=(5, 9), size=(0.2, 0.4)),
+    World("vehicles", kinds=("car", "tree", "house", "rectangle", "ellipse"), fill="gradient"),
+    World("pastel", palette="pastel", size=(0.35, 0.7)),
+    World("checkers", kinds=SHAPES.kinds + ("star", "cross"), fill="checker"),
+    World("night", kinds=("star", "cross", "ring", "target", "polygon"), palette="neon"),
+    World("grainy", noise=18.0),
+)
+HELD_OUT_WORLDS = (
+    World("drawings", fill="outline"),  # line drawings: only outlines are drawn
+    World("low-contrast", palette="grey"),  # grey objects a few grey levels from the ground
+    World("wide", canvas=(0.75, 1.5)),  # a 48 x 96 canvas, shrunk into the model's frame
+    World("faces", kinds=("face", "flower")),  # new shapes with new parts
+    World("sticks", kinds=("stick", "corner")),  # thin objects
+    World("tiny", objects=(8, 14), size=(0.12, 0.2)),  # many small objects
+    World("fog", blur=1.5, haze=0.5, noise=3.0),  # blurred and washed out
+    World("clutter", clutter=40),  # a background of unlabelled lines
+    World("giants", objects=(1, 3), size=(0.8, 1.3)),  # huge objects, mostly off the canvas
+)
+WORLDS = {w.name: w for w in TRAINING_WORLDS + HELD_OUT_WORLDS}
 
 
 def _ellipse(yy, xx, cy, cx, ry, rx, angle=0.0):
@@ -72,12 +121,17 @@ def _rectangle(yy, xx, y0, x0, y1, x1):
     return (yy >= y0) & (yy < y1) & (xx >= x0) & (xx < x1)
 
 
-def _object(rng, yy, xx, size):
+def _bar(yy, xx, cy, cx, length, width, angle):
+    """A rotated rectangle centred on (cx, cy)."""
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = (xx - cx) * c + (yy - cy) * s, -(xx - cx) * s + (yy - cy) * c
+    return (np.abs(u) <= length / 2) & (np.abs(v) <= width / 2)
+
+
+def _object(rng, yy, xx, size, kinds=SHAPES.kinds):
     """One object as a list of (mask, parent index within the object or -1)."""
-    S = yy.shape[0]
-    cy, cx = rng.uniform(0, 1, size=2) * S  # may hang over the border
-    kind = rng.choice(["house", "target", "snowman", "ellipse", "rectangle", "triangle",
-                       "polygon"])
+    cy, cx = rng.uniform(0, 1, size=2) * yy.shape  # may hang over the border
+    kind = rng.choice(kinds)
     if kind == "house":
         w, h = size, size * rng.uniform(0.6, 0.9)
         walls = _rectangle(yy, xx, cy, cx - w / 2, cy + h, cx + w / 2)
@@ -105,62 +159,197 @@ def _object(rng, yy, xx, size):
     if kind == "rectangle":
         h = size * rng.uniform(0.4, 1.0)
         return [(_rectangle(yy, xx, cy - h / 2, cx - size / 2, cy + h / 2, cx + size / 2), -1)]
-    n = 3 if kind == "triangle" else int(rng.integers(5, 8))
-    # corners spread around the centre, so the shape is convex and contains it
-    angles = rng.uniform(0, 2 * math.pi) + (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * 2 * math.pi / n
-    radii = size * rng.uniform(0.35, 0.6, n)
-    corners = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
-    return [(_polygon(yy, xx, corners), -1)]
+    if kind in ("triangle", "polygon"):
+        n = 3 if kind == "triangle" else int(rng.integers(5, 8))
+        # corners spread around the centre, so the shape is convex and contains it
+        angles = rng.uniform(0, 2 * math.pi) + (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * 2 * math.pi / n
+        radii = size * rng.uniform(0.35, 0.6, n)
+        corners = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
+        return [(_polygon(yy, xx, corners), -1)]
+    return _new_object(kind, rng, yy, xx, cy, cx, size)
 
 
-def _contrasting(rng, against):
-    """A random colour far (in RGB) from every colour in `against`."""
+def _new_object(kind, rng, yy, xx, cy, cx, size):
+    """The shapes the original world does not draw (`_object`'s, for the other worlds)."""
+    if kind == "star":  # concave: the union of the triangles from its centre to each point
+        n, turn = int(rng.integers(5, 7)), rng.uniform(0, 2 * math.pi)
+        angles = turn + np.arange(2 * n) * math.pi / n
+        radii = np.where(np.arange(2 * n) % 2, 0.22, 0.55) * size
+        tips = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
+        star = np.zeros(yy.shape, bool)
+        for k in range(2 * n):
+            star |= _polygon(yy, xx, np.array([[cx, cy], tips[k], tips[(k + 1) % (2 * n)]]))
+        return [(star, -1)]
+    if kind == "cross":
+        angle, width = rng.uniform(0, math.pi / 2), size * rng.uniform(0.25, 0.4)
+        return [(_bar(yy, xx, cy, cx, size, width, angle)
+                 | _bar(yy, xx, cy, cx, size, width, angle + math.pi / 2), -1)]
+    if kind == "ring":  # what lies behind shows through the hole
+        r = size * 0.55
+        return [(_ellipse(yy, xx, cy, cx, r, r) & ~_ellipse(yy, xx, cy, cx, 0.55 * r, 0.55 * r), -1)]
+    if kind == "car":  # body, cabin and two wheels, each wheel with a hubcap
+        w, h, r = size, size * 0.32, size * 0.17
+        wheels = [_ellipse(yy, xx, cy + h, cx + side * 0.3 * w, r, r) for side in (-1, 1)]
+        body = _rectangle(yy, xx, cy, cx - w / 2, cy + h, cx + w / 2) & ~(wheels[0] | wheels[1])
+        cabin = _polygon(yy, xx, np.array([[cx - 0.3 * w, cy], [cx + 0.3 * w, cy],
+                                           [cx + 0.15 * w, cy - 0.28 * w], [cx - 0.2 * w, cy - 0.28 * w]]))
+        hubs = [_ellipse(yy, xx, cy + h, cx + side * 0.3 * w, 0.5 * r, 0.5 * r) for side in (-1, 1)]
+        return ([(body | cabin | wheels[0] | wheels[1], -1), (body, 0), (cabin, 0),
+                 (wheels[0], 0), (wheels[1], 0), (hubs[0], 3), (hubs[1], 4)])
+    if kind == "tree":  # a trunk and a crown, the crown with fruit
+        crown_r = size * rng.uniform(0.35, 0.45)
+        trunk = _rectangle(yy, xx, cy, cx - 0.08 * size, cy + 0.55 * size, cx + 0.08 * size)
+        crown = _ellipse(yy, xx, cy - 0.1 * size, cx, crown_r, crown_r * 1.1)
+        fruit = [(_ellipse(yy, xx, cy - 0.1 * size + dy * crown_r, cx + dx * crown_r,
+                           0.22 * crown_r, 0.22 * crown_r), 2)
+                 for dx, dy in rng.uniform(-0.45, 0.45, (2, 2))]
+        return [(trunk | crown, -1), (trunk & ~crown, 0), (crown, 0)] + fruit
+    if kind == "face":  # a head with two eyes (each with a pupil) and a mouth
+        r = size * 0.5
+        eyes = [_ellipse(yy, xx, cy - 0.25 * r, cx + side * 0.38 * r, 0.22 * r, 0.22 * r)
+                for side in (-1, 1)]
+        pupils = [_ellipse(yy, xx, cy - 0.25 * r, cx + side * 0.38 * r, 0.1 * r, 0.1 * r)
+                  for side in (-1, 1)]
+        mouth = _ellipse(yy, xx, cy + 0.45 * r, cx, 0.12 * r, 0.45 * r)
+        return [(_ellipse(yy, xx, cy, cx, r, r), -1), (eyes[0], 0), (eyes[1], 0), (mouth, 0),
+                (pupils[0], 1), (pupils[1], 2)]
+    if kind == "flower":  # petals around a heart
+        n, turn, r = int(rng.integers(5, 7)), rng.uniform(0, 2 * math.pi), size * 0.5
+        petals = [_ellipse(yy, xx, cy + 0.6 * r * math.sin(a), cx + 0.6 * r * math.cos(a),
+                           0.2 * r, 0.42 * r, a) for a in turn + np.arange(n) * 2 * math.pi / n]
+        heart = _ellipse(yy, xx, cy, cx, 0.3 * r, 0.3 * r)
+        petals = [p & ~heart for p in petals]
+        return [(np.any(petals, axis=0) | heart, -1), (heart, 0)] + [(p, 0) for p in petals]
+    if kind == "stick":
+        return [(_bar(yy, xx, cy, cx, size, size * rng.uniform(0.08, 0.14), rng.uniform(0, math.pi)), -1)]
+    if kind == "corner":  # two sticks meeting at a right angle, one object
+        angle, width = rng.uniform(0, 2 * math.pi), size * rng.uniform(0.08, 0.14)
+        arms = [_bar(yy, xx, cy + 0.35 * size * math.sin(a), cx + 0.35 * size * math.cos(a),
+                     0.8 * size, width, a) for a in (angle, angle + math.pi / 2)]
+        return [(arms[0] | arms[1], -1)]
+    raise ValueError(f"unknown kind of object {kind!r}")
+
+
+# Each palette: a background colour, an object colour, and how far apart (summed over RGB) an
+# object's colour must be from the background and from the other colours of its object.
+PALETTES = {
+    "any": (lambda rng: rng.integers(0, 256, 3), lambda rng: rng.integers(0, 256, 3), 150),
+    "pastel": (lambda rng: rng.integers(150, 256, 3), lambda rng: rng.integers(130, 256, 3), 90),
+    "grey": (lambda rng: rng.integers(60, 196, 1).repeat(3),
+             lambda rng: rng.integers(40, 216, 1).repeat(3), 45),
+    "neon": (lambda rng: rng.integers(0, 40, 3),
+             lambda rng: np.where(np.arange(3) == rng.integers(3), 255, rng.integers(0, 160, 3)), 150),
+}
+
+
+def _contrasting(rng, against, palette="any"):
+    """A random colour of the palette far (in RGB) from every colour in `against`."""
+    _, draw_colour, distance = PALETTES[palette]
     while True:
-        colour = rng.integers(0, 256, 3)
-        if all(np.abs(colour - a).sum() > 150 for a in against):
+        colour = draw_colour(rng)
+        if all(np.abs(colour - a).sum() > distance for a in against):
             return colour
 
 
-def make_world(seed: int, image_size: int = None):
+def _paint(image, mask, colour, world, rng, ground):
+    """Draw one region in the world's fill. `ground` is the background alone: a line drawing
+    shows it inside its outlines."""
+    if world.fill == "flat":
+        image[mask] = colour
+        return
+    H, W = mask.shape
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5
+    angle = rng.uniform(0, 2 * math.pi)
+    along = (xx * math.cos(angle) + yy * math.sin(angle)) / max(H, W)  # about -1..1.5
+    if world.fill == "gradient":  # the colour, shaded from dark to light across the canvas
+        image[mask] = (colour * (0.55 + 0.6 * (along[mask, None] - along.min()) / np.ptp(along))).clip(0, 255)
+    elif world.fill == "checker":  # the colour and a darker shade of it, in squares
+        period = rng.uniform(3, 6) * H / 64
+        dark = ((yy // period + xx // period) % 2 == 1)[mask]
+        image[mask] = np.where(dark[:, None], 0.55 * colour, colour)
+    elif world.fill == "outline":
+        padded = np.pad(mask, 1)
+        inside = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+        image[mask] = ground[mask]
+        image[mask & ~inside] = colour
+    else:
+        raise ValueError(f"unknown fill {world.fill!r}")
+
+
+def _blur(image, sigma):
+    """A separable Gaussian blur of (H, W, 3), edges extended."""
+    radius = int(3 * sigma + 1)
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    kernel /= kernel.sum()
+    for axis in (0, 1):
+        padded = np.pad(image, [(radius, radius) if a == axis else (0, 0) for a in range(3)],
+                        mode="edge")
+        image = sum(w * np.take(padded, np.arange(k, k + image.shape[axis]), axis=axis)
+                    for k, w in enumerate(kernel))
+    return image
+
+
+def make_world(seed: int, image_size: int = None, world: World = SHAPES):
     """The image, every valid mask, and the containment: returns (image uint8 (H, W, 3),
     masks bool (K, H, W), parents int (K,)), parents[k] = index of the smallest mask that
-    contains mask k, or -1 for a whole object."""
+    contains mask k, or -1 for a whole object. H = W = image_size except on a world whose
+    canvas is not square."""
     S = image_size or CONFIGS["toy"].image_size
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:S, 0:S] + 0.5
+    H, W = round(S * world.canvas[0]), round(S * world.canvas[1])
+    # the original world keeps its original random numbers; every other draws its own
+    rng = np.random.default_rng(seed if world == SHAPES else [seed, zlib.crc32(world.name.encode())])
+    yy, xx = np.mgrid[0:H, 0:W] + 0.5
     # background: a colour, a smooth random texture and pixel noise
-    background = rng.integers(0, 256, 3)
-    texture = F.interpolate(torch.from_numpy(rng.normal(0, 30, (1, 3, 4, 4))), (S, S),
+    background = PALETTES[world.palette][0](rng)
+    texture = F.interpolate(torch.from_numpy(rng.normal(0, 30, (1, 3, 4, 4))), (H, W),
                             mode="bicubic", align_corners=False)[0].permute(1, 2, 0).numpy()
     image = background + texture
+    for _ in range(world.clutter):  # lines as thin as the sticks, in the palette's colours
+        line = _bar(yy, xx, *rng.uniform(0, 1, 2) * (H, W), min(H, W) * rng.uniform(0.1, 0.4),
+                    rng.uniform(1, 2.5) * S / 64, rng.uniform(0, math.pi))
+        image[line] = _contrasting(rng, [background], world.palette)
+    ground = image.copy()
     masks, parents, colours = [], [], []
-    for _ in range(rng.integers(2, 5)):
-        parts = _object(rng, yy, xx, size=S * rng.uniform(0.25, 0.55))
+    for _ in range(rng.integers(*world.objects)):
+        parts = _object(rng, yy, xx, min(H, W) * rng.uniform(*world.size), world.kinds)
         offset = len(masks)
         for mask, parent in parts:  # the whole first, then its parts over it
-            image[mask] = colour = _contrasting(rng, [background] + colours[offset:])
+            colour = _contrasting(rng, [background] + colours[offset:], world.palette)
+            _paint(image, mask, colour, world, rng, ground)
             masks.append(mask)
             parents.append(offset + parent if parent >= 0 else -1)
             colours.append(colour)
         # what this object covers is no longer visible in the objects behind it
         for k in range(offset):
             masks[k] = masks[k] & ~parts[0][0]
-    image = image + rng.normal(0, 6, image.shape)
-    masks, parents = np.array(masks), np.array(parents)
+    if world.blur:
+        image = _blur(image, world.blur * S / 64)
+    image = (1 - world.haze) * image + world.haze * 128
+    image = image + rng.normal(0, world.noise, image.shape)
+    masks, parents = np.array(masks).reshape(-1, H, W), np.array(parents, dtype=int)
     # drop what occlusion and the border left too small to be a target: under 1/128 of the
     # image, i.e. two of the toy encoder's 4x4 patches, which its 16x16 embedding grid can
     # hardly place (lessons/experiments.md, "How small may a target be?"). A part is never larger
     # than its whole, so a kept part always keeps its parent.
-    keep = masks.sum((1, 2)) >= S * S // 128
+    keep = masks.sum((1, 2)) >= H * W // 128
     new_index = np.cumsum(keep) - 1
     parents = np.where(parents[keep] >= 0, new_index[parents[keep]], -1)
     return np.clip(image, 0, 255).astype(np.uint8), masks[keep], parents
 
 
-def make_sample(seed: int, image_size: int = None):
-    """(image uint8 (H, W, 3), masks bool (K, H, W)): one toy image and all its valid targets."""
-    image, masks, _ = make_world(seed, image_size)
-    return image, masks
+def make_sample(seed: int, image_size: int = None, world: World = SHAPES):
+    """(image uint8 (h, w, 3), masks bool (K, S, S)): one toy image and all its valid targets,
+    in the model's frame: an image whose canvas is not S x S is resized as SamPredictor
+    resizes it (longest side S; Sam.preprocess pads it), its masks resized and padded alike."""
+    S = image_size or CONFIGS["toy"].image_size
+    image, masks, _ = make_world(seed, S, world)
+    if image.shape[:2] == (S, S):
+        return image, masks
+    resize = minisam.ResizeLongestSide(S)
+    framed = resize.apply_image_torch(torch.from_numpy(masks)[:, None].float())[:, 0] >= 0.5
+    framed = F.pad(framed, (0, S - framed.shape[2], 0, S - framed.shape[1])).numpy()
+    keep = framed.any((1, 2))  # a sliver may vanish in the resize
+    return resize.apply_image(image), framed[keep]
 
 
 # -----------------------------------------------------------------------------
@@ -295,12 +484,16 @@ class InteractiveTraining(torch.nn.Module):
 
 
 def training_batch(step: int, seed: int, rank: int, images_per_step: int,
-                   targets_per_image: int, image_size: int):
+                   targets_per_image: int, image_size: int, worlds: tuple = (SHAPES,)):
     """The images and targets of one step, a pure function of (seed, step, rank): a resumed
-    run draws exactly what the uninterrupted run drew, and each rank draws its own."""
+    run draws exactly what the uninterrupted run drew, and each rank draws its own. Each
+    image comes from one of `worlds`, drawn uniformly."""
     generator = torch.Generator().manual_seed(hash((seed, step, rank)) % 2**62)
     image_seeds = torch.randint(len(TRAIN_SEEDS), (images_per_step,), generator=generator)
-    samples = [make_sample(TRAIN_SEEDS[s], image_size) for s in image_seeds.tolist()]
+    chosen = (torch.randint(len(worlds), (images_per_step,), generator=generator).tolist()
+              if len(worlds) > 1 else [0] * images_per_step)
+    samples = [make_sample(TRAIN_SEEDS[s], image_size, worlds[w])
+               for s, w in zip(image_seeds.tolist(), chosen)]
     return (*stack_samples(samples, targets_per_image, generator), generator)
 
 
@@ -312,7 +505,11 @@ def stack_samples(samples: list, targets_per_image: int, generator: torch.Genera
     images, targets, index = [], [], []
     for i, (image, masks) in enumerate([sample for sample in samples if len(sample[1])]):
         chosen = torch.randint(len(masks), (targets_per_image,), generator=generator)
-        images.append(torch.from_numpy(image).permute(2, 0, 1).float())
+        picture, S = torch.from_numpy(image).permute(2, 0, 1).float(), masks.shape[-1]
+        if picture.shape[1:] != (S, S):  # a canvas that is not square: padded as
+            mean = torch.tensor(SamConfig.pixel_mean)[:, None, None]  # Sam.preprocess pads
+            picture = F.pad(picture - mean, (0, S - picture.shape[2], 0, S - picture.shape[1])) + mean
+        images.append(picture)
         targets.append(torch.from_numpy(masks)[chosen])
         index += [i] * targets_per_image
     return torch.stack(images), torch.cat(targets), torch.tensor(index)
@@ -506,14 +703,14 @@ def decode(model: minisam.Sam, embeddings, points=None, labels=None, boxes=None,
 
 
 @torch.no_grad()
-def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9) -> dict:
-    """Held-out metrics on `seeds` (default EVAL_SEEDS). Images are at the model's input
-    size, so no resizing is involved. They are evaluated EVAL_IMAGES_PER_BATCH at a time:
-    at 1024 px (ViT-B), decoding every held-out target at once peaked at 23 GiB."""
+def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9, world: World = SHAPES) -> dict:
+    """Held-out metrics on the images `seeds` (default EVAL_SEEDS) of `world`, scored in the
+    model's frame (`make_sample`). They are evaluated EVAL_IMAGES_PER_BATCH at a time, which
+    bounds the memory of decoding every target at once at 1024 px."""
     seeds = EVAL_SEEDS if seeds is None else seeds
     model.eval()
     B = EVAL_IMAGES_PER_BATCH
-    return held_out_metrics([_evaluate_images(model, seeds[i:i + B], max_clicks)
+    return held_out_metrics([_evaluate_images(model, seeds[i:i + B], max_clicks, world)
                              for i in range(0, len(seeds), B)])
 
 
@@ -545,16 +742,18 @@ def held_out_metrics(batches: list) -> dict:
     return metrics
 
 
-def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int):
-    """`evaluate_targets` on every target of the toy images `seeds`."""
+def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int, world: World = SHAPES):
+    """`evaluate_targets` on every target of the toy images `seeds` of `world`."""
     S = model.config.image_size
     images, targets, index = [], [], []
     for i, seed in enumerate(seeds):
-        image, masks = make_sample(seed, S)
-        images.append(torch.from_numpy(image).permute(2, 0, 1).float())
+        image, masks = make_sample(seed, S, world)
+        # padded one by one: a canvas that is not square is smaller than S x S
+        images.append(model.preprocess(torch.from_numpy(image).permute(2, 0, 1)[None].float()
+                                       .to(model.device)))
         targets.append(torch.from_numpy(masks))
         index += [i] * len(masks)
-    embeddings = model.image_encoder(model.preprocess(torch.stack(images).to(model.device)))
+    embeddings = model.image_encoder(torch.cat(images))
     return evaluate_targets(model, embeddings, torch.cat(targets), torch.tensor(index), max_clicks)
 
 
@@ -713,6 +912,12 @@ def parse_args(argv=None):
                    help="the fraction of the steps taken on images rendered at --small-size "
                         "(progressive resizing; 0: none)")
     p.add_argument("--small-size", type=int, default=32, metavar="PX")
+    p.add_argument("--worlds", default="shapes",
+                   help="the worlds to train on: comma-separated names of train_toy.WORLDS, or "
+                        "'training' for all of TRAINING_WORLDS (the toy SA-1B)")
+    p.add_argument("--init", type=Path, metavar="PATH",
+                   help="start from the weights of this checkpoint (a fresh optimizer and "
+                        "schedule) instead of random ones")
     p.add_argument("--save-model", type=Path, metavar="PATH",
                    help="also save the model alone (no optimizer) to PATH, loadable with "
                         "build_sam, and its provenance and held-out metrics to PATH.json")
@@ -737,6 +942,15 @@ def parse_args(argv=None):
             minisam.check_device(args.device)
         except ValueError as e:
             p.error(f"--device: {e}")
+    names = ([w.name for w in TRAINING_WORLDS] if args.worlds == "training"
+             else args.worlds.split(","))
+    unknown = [n for n in names if n not in WORLDS]
+    if unknown:
+        p.error(f"--worlds: no world named {', '.join(unknown)}; the worlds are "
+                f"{', '.join(WORLDS)} (or 'training')")
+    args.worlds = tuple(WORLDS[n] for n in names)
+    if args.init is not None and not args.init.is_file():
+        p.error(f"--init: no checkpoint at {args.init}")
     return args
 
 
@@ -751,7 +965,7 @@ def save_model(path: Path, state: dict, metrics: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, {**state, "history": curve_points(state["history"])})
     seeds = EVAL_SEEDS[:AMG_EVAL_IMAGES]
-    record = {"runs": state["runs"], "seed": state["seed"],
+    record = {"runs": state["runs"], "seed": state["seed"], "worlds": state["worlds"],
               "metrics": {k: v for k, v in metrics.items() if k != "learning_curve"},
               "automatic_masks": {
                   "images": len(seeds), "match_iou": MATCH_IOU, "settings": TOY_AMG_SETTINGS,
@@ -801,9 +1015,13 @@ def main(argv=None):
         saved = dataclasses.replace(config, image_size=state["config"]["image_size"])
         model = minisam.build_sam(saved, checkpoint=ckpt_path)  # checks the file fits config
         step, history, runs = state["step"], state["history"], state.get("runs", [])
-        if args.resume and state["seed"] != args.seed:  # the seed picks every batch
-            raise SystemExit(f"{ckpt_path} was trained with --seed {state['seed']}; resuming "
-                             f"with --seed {args.seed} would draw other batches")
+        # the seed and the worlds pick every batch (a checkpoint without "worlds" saw SHAPES)
+        for key, value in (("seed", args.seed), ("worlds", [w.name for w in args.worlds])):
+            if args.resume and state.get(key, ["shapes"]) != value:
+                raise SystemExit(f"{ckpt_path} was trained with --{key} {state.get(key)}; "
+                                 f"resuming with {value} would draw other batches")
+    elif args.init is not None:  # continue from trained weights, on this run's schedule
+        model = resize_sam(minisam.build_sam(config, checkpoint=args.init), size_at(0))
     else:
         torch.manual_seed(args.seed)  # the initial weights
         model = minisam.Sam(dataclasses.replace(config, image_size=size_at(0)))
@@ -825,7 +1043,8 @@ def main(argv=None):
 
     def model_state():
         return {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
-                "step": step, "seed": args.seed, "history": history, "runs": runs}
+                "step": step, "seed": args.seed, "worlds": [w.name for w in args.worlds],
+                "history": history, "runs": runs}
 
     def checkpoint():
         if rank == 0:
@@ -841,7 +1060,7 @@ def main(argv=None):
             trainer = trainer_for(model)
         images, targets, index, generator = training_batch(
             step, args.seed, rank, args.images_per_step, args.targets_per_image,
-            model.config.image_size)
+            model.config.image_size, args.worlds)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         loss, parts = trainer(images.to(device), targets.to(device), index.to(device), generator)
