@@ -153,11 +153,11 @@ def test_lesson_8_prose_quotes_the_data_engine_json():
            # the labelling model after each retraining, stage 1's last included
            f"{ENGINE['stage1']['after_retraining']['miou']:.3f} after stage 1's last retraining",
            f"{ENGINE['stage2']['after_retraining']['miou']:.3f} after stage 2's",
-           # the masks-per-image figure
-           ", ".join(f"{r['masks_per_image']:.2f}" for r in rounds) + " in the three rounds",
-           f"{ENGINE['stage2']['masks_per_image']:.2f} in stage 2, "
-           f"{ENGINE['stage2']['prefilled_masks'] / b['stage2_images']:.2f} of them pre-filled",
-           f"{ENGINE['stage3']['masks_per_image']:.2f} in stage 3",
+           # the masks-per-image figure, round by round
+           ", ".join(f"{r['masks_per_image']:.2f}" for r in rounds)
+           + f" masks per image in the three rounds (the table's "
+           f"{ENGINE['stage1']['masks_per_image']:.2f} is their mean)",
+           f"{ENGINE['stage2']['prefilled_fraction']:.0%} of them pre-filled",
            # pseudo-labelling with the seed model
            f"it keeps {ENGINE['stage3']['pseudo_labelling_with_seed_model']['masks_per_image']:.2f}"
            f" per image (recall "
