@@ -162,6 +162,11 @@ def test_lesson_8_prose_quotes_the_data_engine_json():
            f"it keeps {ENGINE['stage3']['pseudo_labelling_with_seed_model']['masks_per_image']:.2f}"
            f" per image (recall "
            f"{ENGINE['stage3']['pseudo_labelling_with_seed_model']['recall']:.2f})")
+    quoted(text("experiments.md"),
+           f"`ENGINE_AMG_SETTINGS`: predicted IoU {data_engine.ENGINE_AMG_SETTINGS['pred_iou_thresh']}"
+           f" and stability {data_engine.ENGINE_AMG_SETTINGS['stability_score_thresh']}",
+           f"`ENGINE_AMG_SETTINGS` are IoU {data_engine.ENGINE_AMG_SETTINGS['pred_iou_thresh']} and "
+           f"stability {data_engine.ENGINE_AMG_SETTINGS['stability_score_thresh']}")
     accepted = [r["accepted_fraction"] for r in rounds]
     quoted(doc, f"one mask in {round(1 / max(accepted))} to {round(1 / min(accepted))}")
 
@@ -202,7 +207,8 @@ def test_lesson_6_speed_table_is_the_readmes():
         assert f"| {row[0]} | {row[1]} |" in doc, (model, row)
 
 
-@pytest.mark.parametrize("name", ["README.md", "00", "03", "05", "06", "07", "08", "09"])
+@pytest.mark.parametrize("name", ["README.md", "experiments.md", "00", "01", "03", "05", "06",
+                                  "07", "08", "09", "10"])
 def test_no_history_in_the_current_text(name):
     doc = text(name) if name.endswith(".md") else lesson(name)
     for phrase in ("the machine where this lesson was written", "the CPU this project ran on",
