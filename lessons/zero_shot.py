@@ -189,7 +189,7 @@ def average_recall(proposals: np.ndarray, truths: np.ndarray) -> float:
         return 0.0
     best = minisam.mask_iou(torch.from_numpy(proposals)[:, None],
                             torch.from_numpy(truths)[None]).amax(0).numpy()  # (K,)
-    return float(np.mean([(best >= t).mean() for t in np.arange(0.5, 0.96, 0.05)]))
+    return float(np.mean([(best >= t).mean() for t in np.arange(50, 100, 5) / 100]))
 
 
 def sam_proposals(model: minisam.Sam, image: np.ndarray) -> np.ndarray:
@@ -203,7 +203,7 @@ def colour_regions(image: np.ndarray) -> np.ndarray:
     regions = []
     for colour in np.unique(quantised):
         labels = minisam.connected_components(quantised == colour)
-        regions += [labels == k for k in range(1, labels.max() + 1)]
+        regions += [labels == k for k in np.unique(labels[labels > 0])]
     regions.sort(key=lambda r: -r.sum())
     return np.array(regions, dtype=bool).reshape(-1, *image.shape[:2])
 
