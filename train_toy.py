@@ -484,14 +484,21 @@ class InteractiveTraining(torch.nn.Module):
 
 
 def training_batch(step: int, seed: int, rank: int, images_per_step: int,
-                   targets_per_image: int, image_size: int, worlds: tuple = (SHAPES,)):
+                   targets_per_image: int, image_size: int, worlds: tuple = (SHAPES,),
+                   images: int = None):
     """The images and targets of one step, a pure function of (seed, step, rank): a resumed
     run draws exactly what the uninterrupted run drew, and each rank draws its own. Each
-    image comes from one of `worlds`, drawn uniformly."""
+    image comes from one of `worlds`, drawn uniformly. With `images`, the data set is that
+    many fixed images instead, the i-th TRAIN_SEEDS[i] drawn in worlds[i % len(worlds)]: the
+    data ablation of lessons/zero_shot.py."""
     generator = torch.Generator().manual_seed(hash((seed, step, rank)) % 2**62)
-    image_seeds = torch.randint(len(TRAIN_SEEDS), (images_per_step,), generator=generator)
-    chosen = (torch.randint(len(worlds), (images_per_step,), generator=generator).tolist()
-              if len(worlds) > 1 else [0] * images_per_step)
+    if images is None:
+        image_seeds = torch.randint(len(TRAIN_SEEDS), (images_per_step,), generator=generator)
+        chosen = (torch.randint(len(worlds), (images_per_step,), generator=generator).tolist()
+                  if len(worlds) > 1 else [0] * images_per_step)
+    else:
+        image_seeds = torch.randint(images, (images_per_step,), generator=generator)
+        chosen = (image_seeds % len(worlds)).tolist()
     samples = [make_sample(TRAIN_SEEDS[s], image_size, worlds[w])
                for s, w in zip(image_seeds.tolist(), chosen)]
     return (*stack_samples(samples, targets_per_image, generator), generator)
@@ -915,6 +922,9 @@ def parse_args(argv=None):
     p.add_argument("--worlds", default="shapes",
                    help="the worlds to train on: comma-separated names of train_toy.WORLDS, or "
                         "'training' for all of TRAINING_WORLDS (the toy SA-1B)")
+    p.add_argument("--images", type=int, metavar="N",
+                   help="train on N fixed images, spread evenly over --worlds (default: a new "
+                        "image every draw)")
     p.add_argument("--init", type=Path, metavar="PATH",
                    help="start from the weights of this checkpoint (a fresh optimizer and "
                         "schedule) instead of random ones")
@@ -949,6 +959,8 @@ def parse_args(argv=None):
         p.error(f"--worlds: no world named {', '.join(unknown)}; the worlds are "
                 f"{', '.join(WORLDS)} (or 'training')")
     args.worlds = tuple(WORLDS[n] for n in names)
+    if args.images is not None and args.images < len(args.worlds):
+        p.error(f"--images must be at least the number of worlds, {len(args.worlds)}, got {args.images}")
     if args.init is not None and not args.init.is_file():
         p.error(f"--init: no checkpoint at {args.init}")
     return args
@@ -1015,9 +1027,11 @@ def main(argv=None):
         saved = dataclasses.replace(config, image_size=state["config"]["image_size"])
         model = minisam.build_sam(saved, checkpoint=ckpt_path)  # checks the file fits config
         step, history, runs = state["step"], state["history"], state.get("runs", [])
-        # the seed and the worlds pick every batch (a checkpoint without "worlds" saw SHAPES)
-        for key, value in (("seed", args.seed), ("worlds", [w.name for w in args.worlds])):
-            if args.resume and state.get(key, ["shapes"]) != value:
+        # these pick every batch (a checkpoint without "worlds" saw SHAPES, a new image a draw)
+        for key, value, before in (("seed", args.seed, None),
+                                   ("worlds", [w.name for w in args.worlds], ["shapes"]),
+                                   ("images", args.images, None)):
+            if args.resume and state.get(key, before) != value:
                 raise SystemExit(f"{ckpt_path} was trained with --{key} {state.get(key)}; "
                                  f"resuming with {value} would draw other batches")
     elif args.init is not None:  # continue from trained weights, on this run's schedule
@@ -1044,7 +1058,7 @@ def main(argv=None):
     def model_state():
         return {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
                 "step": step, "seed": args.seed, "worlds": [w.name for w in args.worlds],
-                "history": history, "runs": runs}
+                "images": args.images, "history": history, "runs": runs}
 
     def checkpoint():
         if rank == 0:
@@ -1060,7 +1074,7 @@ def main(argv=None):
             trainer = trainer_for(model)
         images, targets, index, generator = training_batch(
             step, args.seed, rank, args.images_per_step, args.targets_per_image,
-            model.config.image_size, args.worlds)
+            model.config.image_size, args.worlds, args.images)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
         loss, parts = trainer(images.to(device), targets.to(device), index.to(device), generator)

@@ -45,7 +45,6 @@ MODELS = {"foundation": LESSONS / "foundation_sam.pt", "one-world": LESSONS / "t
 POINT_IMAGES = 16  # held-out images per world for 7.1
 TASK_IMAGES = 8  # held-out images per world for 7.2-7.4 (each runs a 16x16 grid of prompts)
 CLICKS = 5
-SPECIALIST_STEPS = 300  # a specialist: the one-world model trained this many steps on its world
 PROPOSAL_BUDGETS = (5, 10, 20)
 EDGE_THRESHOLDS = np.linspace(0.02, 0.98, 49)
 
@@ -269,27 +268,55 @@ def tasks(model: minisam.Sam, world) -> dict:
 
 
 # -----------------------------------------------------------------------------
-# Specialists: the in-domain baseline (the paper's RITM, trained on each dataset's own kind of
-# data). Here: the one-world model trained on the held-out world's own images for
-# SPECIALIST_STEPS steps with train_toy.py (whole model, images from TRAIN_SEEDS, never the
-# held-out EVAL_SEEDS). Slow (about 5 minutes a world on one core), so run on request; the
-# scores are kept in specialists.json.
+# Specialists and the data ablation: short runs of train_toy.py from the one-world model
+# The in-domain baseline (the paper's RITM, trained on each dataset's own kind of data): the
+# one-world model trained SHORT_RUN steps on the held-out world's own images (whole model,
+# images from TRAIN_SEEDS, never the EVAL_SEEDS scored here). The data ablation (section 7.6,
+# figure 13) trains the same way on 1, 2, 4 and all 7 training worlds at a fixed number of
+# images, and on all of them with more and fewer images. Slow (about 5 minutes a run on one
+# core), so run on request; the scores are kept in specialists.json and ablation.json.
+
+SHORT_RUN = 300  # steps
+ABLATION_IMAGES = 1200  # the fixed data set of the worlds sweep; the images sweep varies it
+WORLD_COUNTS = (1, 2, 4, len(TRAINING_WORLDS))
+IMAGE_COUNTS = (140, ABLATION_IMAGES, None)  # None: a new image every draw (2400 draws)
+
+
+def short_run(worlds: tuple, images: int = None) -> minisam.Sam:
+    with tempfile.TemporaryDirectory() as out:
+        train_toy.main(["--out", out, "--worlds", ",".join(w.name for w in worlds),
+                        "--init", str(MODELS["one-world"]), "--steps", str(SHORT_RUN),
+                        "--lr", "1e-3", "--warmup", "30", "--small-fraction", "0",
+                        "--curve-every", str(SHORT_RUN), "--save-every", str(SHORT_RUN)]
+                       + ([] if images is None else ["--images", str(images)]))
+        return minisam.build_sam("toy", checkpoint=Path(out) / "ckpt.pt").eval()
 
 
 def train_specialists() -> dict:
     scores = {}
     for world in HELD_OUT_WORLDS:
-        with tempfile.TemporaryDirectory() as out:
-            start = time.time()
-            train_toy.main(["--out", out, "--worlds", world.name, "--init", str(MODELS["one-world"]),
-                            "--steps", str(SPECIALIST_STEPS), "--lr", "1e-3", "--warmup", "30",
-                            "--small-fraction", "0", "--curve-every", str(SPECIALIST_STEPS),
-                            "--save-every", str(SPECIALIST_STEPS)])
-            model = minisam.build_sam("toy", checkpoint=Path(out) / "ckpt.pt").eval()
-            scores[world.name] = {**single_point(model, world),
-                                  "train_minutes": (time.time() - start) / 60}
+        start = time.time()
+        model = short_run((world,))
+        scores[world.name] = {**single_point(model, world), "train_minutes": (time.time() - start) / 60}
         print(f"specialist {world.name}: box {scores[world.name]['box']:.3f}", flush=True)
-    return {"steps": SPECIALIST_STEPS, "threads": torch.get_num_threads(), "worlds": scores}
+    return {"steps": SHORT_RUN, "threads": torch.get_num_threads(), "worlds": scores}
+
+
+def held_out_means(model: minisam.Sam) -> dict:
+    rows = {w.name: single_point(model, w) for w in HELD_OUT_WORLDS}
+    return {"box": mean(rows, "box"), "oracle": mean(rows, "oracle"), "worlds": rows}
+
+
+def data_ablation() -> dict:
+    runs = {"steps": SHORT_RUN, "worlds": {}, "images": {}}
+    for count in WORLD_COUNTS:
+        runs["worlds"][count] = held_out_means(short_run(TRAINING_WORLDS[:count], ABLATION_IMAGES))
+        print(f"{count} worlds: held-out box {runs['worlds'][count]['box']:.3f}", flush=True)
+    for images in IMAGE_COUNTS:
+        runs["images"][str(images)] = (runs["worlds"][len(TRAINING_WORLDS)] if images == ABLATION_IMAGES
+                                       else held_out_means(short_run(TRAINING_WORLDS, images)))
+        print(f"{images} images: held-out box {runs['images'][str(images)]['box']:.3f}", flush=True)
+    return runs
 
 
 # -----------------------------------------------------------------------------
@@ -353,6 +380,27 @@ def draw_clicks(results: dict, path: Path) -> None:
     pyplot.close(fig)
 
 
+def draw_ablation(runs: dict, path: Path) -> None:
+    """Figure 13's question: zero-shot mIoU on the held-out worlds against the number of
+    training worlds (fixed images) and against the number of images (all worlds)."""
+    pyplot = plt()
+    fig, (by_worlds, by_images) = pyplot.subplots(1, 2, figsize=(8, 3), sharey=True)
+    for ax, kind, label in ((by_worlds, "worlds", f"training worlds ({ABLATION_IMAGES} images)"),
+                            (by_images, "images", f"images ({len(TRAINING_WORLDS)} worlds)")):
+        names = list(runs[kind])
+        for key, style in (("box", "o-"), ("oracle", "s--")):
+            ax.plot(range(len(names)), [runs[kind][n][key] for n in names], style, label=key)
+        ax.set_xticks(range(len(names)), [n if n != "None" else "fresh" for n in names])
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    by_worlds.set_ylabel("held-out mIoU (zero-shot)")
+    by_worlds.legend()
+    fig.suptitle(f"The data ablation: {runs['steps']} steps from the one-world model", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    pyplot.close(fig)
+
+
 def draw_failures(model: minisam.Sam, path: Path, per_world: int = 1) -> None:
     """The foundation model's worst box prompt on each held-out world: the truth's outline
     (white) beside the predicted mask (magenta, a colour the palettes of the worlds avoid
@@ -400,11 +448,13 @@ def mean(rows: dict, key: str) -> float:
     return float(np.mean([row[key] for row in rows.values()]))
 
 
-def run(specialists: bool) -> dict:
+def run(specialists: bool, ablation: bool) -> dict:
     start = time.time()
     OUT.mkdir(parents=True, exist_ok=True)
     if specialists:
         (OUT / "specialists.json").write_text(json.dumps(train_specialists(), indent=2))
+    if ablation:
+        (OUT / "ablation.json").write_text(json.dumps(data_ablation(), indent=2))
     results = {"point_images": POINT_IMAGES, "task_images": TASK_IMAGES, "clicks": CLICKS,
                "single_point": {}, "tasks": {}, "today's_world": {}}
     for name in MODELS:
@@ -418,6 +468,11 @@ def run(specialists: bool) -> dict:
         specialist = json.loads((OUT / "specialists.json").read_text())
         results["single_point"]["specialist"] = specialist["worlds"]
         results["specialist_steps"] = specialist["steps"]
+    if (OUT / "ablation.json").exists():
+        ablation_runs = json.loads((OUT / "ablation.json").read_text())
+        results["ablation"] = {kind: {n: {k: r[k] for k in ("box", "oracle")} for n, r in rows.items()}
+                               for kind, rows in ablation_runs.items() if kind != "steps"}
+        draw_ablation(ablation_runs, OUT / "ablation.png")
     results["means"] = {name: {key: mean(rows, key) for key in ("box", "oracle", "choice")}
                         | {"after_5_clicks": float(np.mean([r["clicks"][4] for r in rows.values()]))}
                         for name, rows in results["single_point"].items()}
@@ -433,8 +488,12 @@ def run(specialists: bool) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="SAM's zero-shot experiments (section 7) on the toy worlds.")
     p.add_argument("--specialists", action="store_true",
-                   help=f"first train a specialist per held-out world ({SPECIALIST_STEPS} steps each)")
-    return run(p.parse_args(argv).specialists)
+                   help=f"first train a specialist per held-out world ({SHORT_RUN} steps each)")
+    p.add_argument("--ablation", action="store_true",
+                   help=f"first run the data ablation ({len(WORLD_COUNTS) + len(IMAGE_COUNTS) - 1} "
+                        f"runs of {SHORT_RUN} steps)")
+    args = p.parse_args(argv)
+    return run(args.specialists, args.ablation)
 
 
 if __name__ == "__main__":
