@@ -161,3 +161,19 @@ def test_lesson_11_tables_are_the_json_numbers():
                     if world.name in results["single_point"].get(m, {})]
         printed = [float(x) for x in re.findall(r"\d\.\d{3}", rows[world.name])]
         assert printed[:len(expected)] == [round(v, 3) for v in expected], world.name
+
+
+FOUNDATION = ROOT / "lessons" / "foundation_sam.pt"
+
+
+@pytest.mark.slow
+def test_the_foundation_checkpoint_scores_what_its_json_says():
+    """lessons/foundation_sam.pt and its JSON cannot drift apart: the held-out evaluation in
+    the original world, recomputed (the tolerance: another CPU's summation order)."""
+    record = json.loads(FOUNDATION.with_suffix(".json").read_text())
+    assert record["worlds"] == [w.name for w in TRAINING_WORLDS]
+    assert record["metrics"]["steps"] == torch.load(FOUNDATION, weights_only=True)["step"]
+    metrics = train_toy.evaluate(minisam.build_sam("toy", checkpoint=FOUNDATION))
+    for key, value in record["metrics"].items():
+        if key not in ("steps", "train_minutes"):
+            assert metrics[key] == pytest.approx(value, abs=1e-4), key
