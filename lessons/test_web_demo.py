@@ -65,26 +65,6 @@ def expected(predictor: minisam.SamPredictor, points, labels, box, mask_input):
     return masks[k], ious[k], low_res[k]
 
 
-def onnx_inputs(predictor: minisam.SamPredictor, points, labels, box, mask_input) -> dict:
-    """The official interface's inputs for prompts in the image's pixels, as the page builds
-    them: coordinates moved into the model's frame by ResizeLongestSide, labels 2 and 3 for
-    a box's corners, the padding point (0, 0) with label -1 when there is no box."""
-    corners = [] if box is None else [box[:2], box[2:]]
-    coords = predictor.transform.apply_coords(
-        np.array([*points, *corners], dtype=np.float64).reshape(-1, 2), predictor.original_size)
-    row_labels = [*labels, 2, 3] if box is not None else [*labels, -1]
-    if box is None:
-        coords = np.concatenate([coords, [[0.0, 0.0]]])
-    low = predictor.model.prompt_encoder.mask_input_size
-    return {"image_embeddings": predictor.get_image_embedding().numpy(),
-            "point_coords": coords[None].astype(np.float32),
-            "point_labels": np.array([row_labels], dtype=np.float32),
-            "mask_input": (np.zeros((1, 1, *low)) if mask_input is None
-                           else mask_input[None]).astype(np.float32),
-            "has_mask_input": np.array([mask_input is not None], dtype=np.float32),
-            "orig_im_size": np.array(predictor.original_size, dtype=np.float32)}
-
-
 def assert_same_answer(answer, logits, iou, low_res=None):
     """answer: the page's or ONNX Runtime's (mask logits or 0/1 mask (H, W), IoU, low-res)."""
     mask, answer_iou = answer[0], answer[1]
@@ -133,7 +113,7 @@ def test_exported_decoder_answers_as_the_predictor(sam, tmp_path, height, width)
                ([fg, bg, fg2], [1, 0, 1], None, None), ([], [], box, None),
                ([fg], [1], box, None), ([fg, bg], [1, 0], None, previous)]
     for prompt in prompts:
-        masks, ious, low_res = session.run(None, onnx_inputs(predictor, *prompt))
+        masks, ious, low_res = session.run(None, web_demo.onnx_inputs(predictor, *prompt))
         assert masks.shape == (1, 1, H, W) and ious.shape == (1, 1)
         assert_same_answer((masks[0, 0], ious[0, 0], low_res[0, 0]),
                            *expected(predictor, *prompt))

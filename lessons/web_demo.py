@@ -45,6 +45,7 @@ answers (choose_output).
 import argparse
 import http.server
 import json
+import signal
 import sys
 import tempfile
 import warnings
@@ -166,6 +167,29 @@ def export_page_data(sam: minisam.Sam, image: np.ndarray, folder) -> dict:
     return info
 
 
+def onnx_inputs(predictor: minisam.SamPredictor, points, labels, box=None,
+                mask_input=None) -> dict:
+    """The exported model's inputs (numpy) for prompts in the original image's pixels (as
+    SamPredictor.predict takes them) on predictor's image, built as the page builds them:
+    coordinates moved into the model's frame by ResizeLongestSide, labels 2 and 3 for a box's
+    corners, the padding point (0, 0) with label -1 when there is no box; mask_input (1, 4g,
+    4g) is a low_res_masks row of an earlier answer."""
+    corners = [] if box is None else [box[:2], box[2:]]
+    coords = predictor.transform.apply_coords(
+        np.array([*points, *corners], dtype=np.float64).reshape(-1, 2), predictor.original_size)
+    row_labels = [*labels, 2, 3] if box is not None else [*labels, -1]
+    if box is None:
+        coords = np.concatenate([coords, [[0.0, 0.0]]])
+    low = predictor.model.prompt_encoder.mask_input_size
+    return {"image_embeddings": predictor.get_image_embedding().cpu().numpy(),
+            "point_coords": coords[None].astype(np.float32),
+            "point_labels": np.array([row_labels], dtype=np.float32),
+            "mask_input": (np.zeros((1, 1, *low)) if mask_input is None
+                           else mask_input[None]).astype(np.float32),
+            "has_mask_input": np.array([mask_input is not None], dtype=np.float32),
+            "orig_im_size": np.array(predictor.original_size, dtype=np.float32)}
+
+
 class PageHandler(http.server.SimpleHTTPRequestHandler):
     """Serves lessons/web/ at / and the exported files at /data/. ONNX Runtime Web loads its
     WebAssembly and the module that starts it with fetch and import(), which insist on
@@ -221,39 +245,43 @@ def quantize(path: Path) -> None:
     full.unlink()
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.export_only is None and not (WEB / "node_modules" / "onnxruntime-web").is_dir():
-        sys.exit(f"web_demo.py: {WEB / 'node_modules'} has no onnxruntime-web: run "
-                 "(cd lessons/web && npm ci) first")
+def prepare(args, folder: Path) -> str:
+    """Build the model, export the page's files to `folder`; returns a line saying what."""
     checkpoint = args.checkpoint or (TOY_CHECKPOINT if args.config == "toy" else None)
     try:
         image = (make_sample(EVAL_SEEDS[3])[0] if args.image is None  # several nested parts
                  else load_image(args.image))
-        model = minisam.build_sam(args.config, checkpoint=checkpoint)
-        if args.export_only is not None:
-            folder = args.export_only
-            args.export_only.mkdir(parents=True, exist_ok=True)
-        else:
-            folder = Path(tempfile.mkdtemp(prefix="minisam_web_"))
-        export_page_data(model, image, folder)
+        export_page_data(minisam.build_sam(args.config, checkpoint=checkpoint), image, folder)
     except (ValueError, TypeError) as e:
         sys.exit(f"web_demo.py: {e}")
     if args.quantize:
         quantize(folder / "decoder.onnx")
     sizes = ", ".join(f"{name} {(folder / name).stat().st_size / 2**20:.2f} MiB"
                       for name in ("decoder.onnx", "embedding.npy", "image.png"))
+    return (f"{args.config} ({checkpoint or 'random weights'}), image {image.shape[1]}x"
+            f"{image.shape[0]}: {sizes}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     if args.export_only is not None:
-        print(f"wrote {folder}: {sizes}")
+        args.export_only.mkdir(parents=True, exist_ok=True)
+        print(f"wrote {args.export_only}: {prepare(args, args.export_only)}")
         return
-    server = serve(folder, args.port)
-    print(f"http://127.0.0.1:{server.server_address[1]}/", flush=True)
-    print(f"{args.config} ({checkpoint or 'random weights'}), image {image.shape[1]}x"
-          f"{image.shape[0]}; {sizes}; Ctrl-C stops", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    if not (WEB / "node_modules" / "onnxruntime-web").is_dir():
+        sys.exit(f"web_demo.py: {WEB / 'node_modules'} has no onnxruntime-web: run "
+                 "(cd lessons/web && npm ci) first")
+    # served from a folder that goes when the server stops, by Ctrl-C or by a kill
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with tempfile.TemporaryDirectory(prefix="minisam_web_") as folder:
+        summary = prepare(args, Path(folder))
+        server = serve(Path(folder), args.port)
+        print(f"http://127.0.0.1:{server.server_address[1]}/", flush=True)
+        print(f"{summary}; Ctrl-C stops", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":
