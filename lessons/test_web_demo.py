@@ -213,3 +213,10 @@ def test_the_page_segments_as_the_predictor(tmp_path):
             browser.quit()
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_export_refuses_what_it_cannot_export(sam, tmp_path):
+    with pytest.raises(TypeError, match="sam must be a minisam.Sam"):
+        web_demo.export_decoder(sam.mask_decoder, tmp_path / "decoder.onnx")
+    with pytest.raises(ValueError, match="no folder"):
+        web_demo.export_decoder(sam, tmp_path / "missing" / "decoder.onnx")

@@ -112,15 +112,18 @@ class OnnxDecoder(nn.Module):
             image_embeddings, encoder.get_dense_pe(), sparse, dense)  # (1, M+1, 4g, 4g), (1, M+1)
         choice = choose_output(iou_predictions, point_labels)
         low_res_masks = masks.index_select(1, choice)  # (1, 1, 4g, 4g)
-        original = orig_im_size.long()
         upscaled = self.sam.postprocess_masks(
-            low_res_masks, resized_size(orig_im_size, self.sam.image_encoder.img_size), original)
+            low_res_masks, resized_size(orig_im_size, self.sam.image_encoder.img_size),
+            orig_im_size.long())  # (1, 1, H, W)
         return upscaled, iou_predictions.index_select(1, choice), low_res_masks
 
 
 def export_decoder(sam: minisam.Sam, path) -> Path:
     """Write sam's prompt encoder and mask decoder to `path` as an ONNX model with the official
     interface (module docstring); the number of points P is left free. Returns the path."""
+    if not isinstance(sam, minisam.Sam):
+        raise TypeError(f"sam must be a minisam.Sam (build_sam makes one), got "
+                        f"{type(sam).__name__}")
     path = Path(path)
     if not path.parent.is_dir():
         raise ValueError(f"path {str(path)!r}: no folder {str(path.parent)!r}")
@@ -135,9 +138,10 @@ def export_decoder(sam: minisam.Sam, path) -> Path:
     was_training = sam.training
     sam.eval()
     with warnings.catch_warnings():
-        # The legacy (TorchScript) exporter warns that it is deprecated, and the tracer that
-        # sizes taken from orig_im_size become numbers; both are expected here. It is used
-        # because it needs no package beyond torch and onnx, and it keeps the sizes computed.
+        # The legacy (TorchScript) exporter warns that it is deprecated, and its tracer warns
+        # wherever a size is read from orig_im_size; yet the graph keeps computing those sizes
+        # (the tests export at one image size and run at others). It is used because it needs
+        # no package beyond torch and onnx.
         warnings.simplefilter("ignore")
         torch.onnx.export(OnnxDecoder(sam), example, str(path), dynamo=False, opset_version=OPSET,
                           input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
