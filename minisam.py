@@ -382,8 +382,10 @@ class PromptEncoder(nn.Module):
         pe = self.pe_layer(coords, self.input_image_size)  # (N, P, C)
         labels = labels[..., None]
         sparse_prompt = torch.where(labels == -1, self.not_a_point_embed.weight, pe)
-        return (sparse_prompt + (labels == 0) * self.point_embeddings[0].weight
-                + (labels == 1) * self.point_embeddings[1].weight)
+        # labels 2 and 3 are box corners, as the official ONNX model takes boxes: with the
+        # corners as points, the tokens equal _embed_boxes' (lessons/web_demo.py)
+        return sparse_prompt + sum((labels == i) * embedding.weight
+                                   for i, embedding in enumerate(self.point_embeddings))
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
         corners = (boxes + 0.5).reshape(-1, 2, 2)  # (N, 4) x0 y0 x1 y1 -> (N, 2 corners, 2)
@@ -570,6 +572,18 @@ class MaskDecoder(nn.Module):
         sparse (N, T, C); dense (N, C, g, g).
         Returns low_res_masks (N, M, 4g, 4g) logits and iou_predictions (N, M), where M is
         num_multimask_outputs (multimask_output=True) or 1."""
+        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                             dense_prompt_embeddings)
+        # For one ambiguous click the 3 multimask tokens answer; with more prompts the
+        # ambiguity is gone and the single-output token 0 answers (appendix A, "Ambiguity").
+        outputs = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, outputs], iou_pred[:, outputs]
+
+    def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      sparse_prompt_embeddings: torch.Tensor,
+                      dense_prompt_embeddings: torch.Tensor):
+        """forward's masks and IoUs for all M + 1 output tokens, token 0 first: (N, M + 1, 4g,
+        4g) and (N, M + 1). The exported decoder (lessons/web_demo.py) chooses among them."""
         n = sparse_prompt_embeddings.shape[0]
         if image_embeddings.shape[0] not in (1, n):
             raise ValueError(f"image_embeddings has batch {image_embeddings.shape[0]}; expected "
@@ -592,11 +606,7 @@ class MaskDecoder(nn.Module):
         masks = (upscaled.flatten(1, 2) @ hyper_in.transpose(1, 2))  # (N, 16g^2, M+1)
         masks = masks.transpose(1, 2).unflatten(2, (4 * g, 4 * g))  # (N, M+1, 4g, 4g)
         iou_pred = self.iou_prediction_head(iou_token_out)  # (N, M+1)
-
-        # For one ambiguous click the 3 multimask tokens answer; with more prompts the
-        # ambiguity is gone and the single-output token 0 answers (appendix A, "Ambiguity").
-        outputs = slice(1, None) if multimask_output else slice(0, 1)
-        return masks[:, outputs], iou_pred[:, outputs]
+        return masks, iou_pred
 
 
 # -----------------------------------------------------------------------------

@@ -1867,7 +1867,7 @@ def test_bench_does_not_import_the_tests():
 # the figures that draw a trained model: each must come from the checkpoint it is given
 TRAINED_MODEL_FIGURES = ("hero", "one_click_three_masks", "decoder_attention",
                          "simulated_annotation", "miou_vs_clicks", "stability_score",
-                         "automatic_masks")
+                         "automatic_masks", "exported_decoder")
 
 
 @pytest.fixture

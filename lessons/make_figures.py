@@ -964,6 +964,49 @@ def finetuning(path: Path) -> None:
 
 
 # -----------------------------------------------------------------------------
+# Lesson 14: SAM in a web page
+
+
+@figure
+def exported_decoder(path: Path) -> None:
+    """Lesson 14: the answers of the decoder exported for the page (web_demo.export_decoder,
+    run by ONNX Runtime as the page runs it) to a click, a second click and a box, on the
+    page's default image, each outlined with SamPredictor's mask for the same prompts."""
+    import onnxruntime
+    import web_demo
+
+    model = trained_model()
+    image = train_toy.make_sample(train_toy.EVAL_SEEDS[3])[0]  # the page's default image
+    predictor = minisam.SamPredictor(model)
+    predictor.set_image(image)
+    with tempfile.TemporaryDirectory() as scratch:
+        session = onnxruntime.InferenceSession(
+            str(web_demo.export_decoder(model, Path(scratch) / "decoder.onnx")))
+    first, second, box = [30, 20], [12, 50], np.array([8, 10, 56, 44])
+    previous = None
+    prompts = [([first], [1], None, "one click: the best of 3 masks"),
+               ([first, second], [1, 0], None, "a background click: the single mask"),
+               ([], [], box, "a box alone: the best of 3 masks")]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 4), layout="constrained")
+    for ax, (points, labels, box_prompt, title) in zip(axes, prompts):
+        masks, ious, low_res = session.run(None, web_demo.onnx_inputs(
+            predictor, points, labels, box_prompt, previous if points[1:] else None))
+        rows = len(points) + (2 if box_prompt is not None else 1)  # the official rule's count
+        reference, reference_ious, _ = predictor.predict(
+            np.array(points) if points else None, np.array(labels) if points else None,
+            box_prompt, previous if points[1:] else None, multimask_output=rows <= 2)
+        k = int(reference_ious.argmax()) if rows <= 2 else 0
+        mask_panel(ax, image, masks[0, 0] > 0, reference[k], points, labels, box_prompt,
+                   f"{title}\npredicted IoU {ious[0, 0]:.3f} (torch {reference_ious[k]:.3f})",
+                   colour=True)
+        previous = low_res[0]  # the page's mask prompt for its next click
+    fig.suptitle(f"the exported decoder in ONNX Runtime, toy model ({model_label()}); the "
+                 "white line is SamPredictor's mask for the same prompts")
+    legend(fig, "mask", "positive", "negative", "box")
+    save(fig, path)
+
+
+# -----------------------------------------------------------------------------
 
 
 def main(argv=None) -> None:
