@@ -173,6 +173,7 @@ def test_vit_b_state_dict_keys_are_the_official_ones():
     assert ours == official
 
 
+@slow
 @pytest.mark.parametrize("name", OFFICIAL_PARAMS)
 def test_preset_state_dict_equals_the_reference_builders(name):
     sa = reference_package()
@@ -1023,6 +1024,7 @@ def test_predict_contract_messages():
     rejects(lambda: predictor.predict(mask_input=np.zeros((1, 32, 32))), "(1, 64, 64)")
 
 
+@slow
 @given(st.integers(1, 700), st.integers(1, 700), st.integers(0, 2**31 - 1),
        st.integers(1, 3), st.booleans())
 @settings(max_examples=15)
@@ -1041,6 +1043,7 @@ def test_valid_images_and_prompts_always_give_masks_of_the_image_size(h, w, seed
     assert np.isfinite(iou).all() and low_res.shape[1:] == (64, 64)
 
 
+@slow
 @pytest.mark.parametrize("shape", [(1, 1), (1, 3000), (3000, 2), (2000, 1500)])
 def test_extreme_image_sizes_work(shape):
     predictor = minisam.SamPredictor(TOY_MODEL)
@@ -1363,6 +1366,7 @@ def tiny_evaluation(monkeypatch):
     monkeypatch.setattr(train_toy, "AMG_EVAL_IMAGES", 2)
 
 
+@slow
 def test_a_few_steps_lower_the_loss_and_leave_everything_promised(tmp_path, tiny_evaluation):
     state = train(tmp_path, "--steps", "12", "--save-every", "5")
     losses = [h["loss"] for h in state["history"]]
@@ -1377,6 +1381,7 @@ def test_a_few_steps_lower_the_loss_and_leave_everything_promised(tmp_path, tiny
                        state["model"]["mask_decoder.iou_token.weight"])
 
 
+@slow
 def test_evaluation_in_batches_of_images_equals_one_batch(monkeypatch):
     """evaluate() encodes and decodes a few images at a time (at 1024 px, all held-out masks at
     once would not fit in memory); its metrics are over all targets, whatever the batches."""
@@ -1397,6 +1402,7 @@ def test_evaluation_in_batches_of_images_equals_one_batch(monkeypatch):
     assert batched["miou_by_clicks"] == pytest.approx(whole["miou_by_clicks"], abs=1e-6)
 
 
+@slow
 def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path, tiny_evaluation):
     """SIGKILL a training process at an arbitrary moment while it checkpoints every step: the
     checkpoint on disk is always complete (written to a temporary file, then renamed), and
@@ -1429,6 +1435,7 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
         assert torch.equal(resumed["model"][key], value), key
 
 
+@slow
 def test_resuming_with_another_seed_is_refused(tmp_path, tiny_evaluation):
     train(tmp_path, "--steps", "2")
     with pytest.raises(SystemExit, match="trained with --seed 0; resuming with --seed 1"):
@@ -1487,6 +1494,7 @@ def test_growing_the_model_carries_adams_moments_where_shapes_stay():
     grown.step()  # and Adam starts them without complaint
 
 
+@slow
 def test_a_checkpoint_of_the_small_steps_evaluates_at_full_size(tmp_path, tiny_evaluation):
     """--small-fraction 0.5 of 6 steps: the checkpoint at step 2 holds the 32-px model;
     --eval-only grows it and scores the full-size held-out images."""
@@ -1508,6 +1516,7 @@ def test_a_checkpoint_of_the_small_steps_evaluates_at_full_size(tmp_path, tiny_e
     assert metrics["steps"] == 2 and 0 <= metrics["box_miou"] <= 1
 
 
+@slow
 def test_save_model_writes_a_loadable_model_and_the_json_of_its_claims(tmp_path,
                                                                         tiny_evaluation,
                                                                         monkeypatch):
@@ -1535,6 +1544,7 @@ def test_save_model_writes_a_loadable_model_and_the_json_of_its_claims(tmp_path,
 SHIPPED = Path(__file__).parent / "lessons" / "toy_sam.pt"
 
 
+@slow
 def test_the_shipped_toy_checkpoint_scores_what_its_json_says():
     """lessons/toy_sam.pt and the claims beside it cannot drift apart: the held-out evaluation
     and the automatic masks' scores are recomputed and compared with lessons/toy_sam.json.
@@ -1577,6 +1587,7 @@ def test_interactive_training_rejects_a_schedule_without_a_first_prompt():
                 "no_click_passes")
 
 
+@slow
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real_batch = train_toy.training_batch
 
@@ -1590,6 +1601,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 4
 
 
+@slow
 def test_data_parallel_run_on_two_cpu_processes(tmp_path):
     """torchrun with 2 processes: DistributedDataParallel over gloo, rank 0 alone writes."""
     out = tmp_path / "ddp"
@@ -1689,6 +1701,7 @@ def test_every_lesson_is_numbered_and_has_a_python_block_and_a_figure():
         assert "![" in text, f"{lesson.name} shows no figure"
 
 
+@slow
 @pytest.mark.parametrize("lesson", LESSONS, ids=lambda p: p.name)
 def test_lesson_code_runs(lesson, monkeypatch):
     """The blocks of one lesson run in order, in one namespace, from the repo root."""
@@ -1713,6 +1726,7 @@ def test_lessons_and_readme_name_only_code_that_exists():
     assert not missing, "names that no code defines:\n" + "\n".join(missing)
 
 
+@slow
 def test_every_picture_exists_and_is_drawn_by_code():
     figures = lessons_module("make_figures").FIGURES
     drawn_elsewhere = (ROOT / "lessons" / "data_engine.py").read_text()
@@ -1732,6 +1746,7 @@ def fraction(x):
     return isinstance(x, float) and 0 <= x <= 1
 
 
+@slow
 def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
     data_engine = lessons_module("data_engine")
     threads = torch.get_num_threads()
@@ -1805,6 +1820,7 @@ def test_lesson_8_quotes_the_shipped_data_engine_run():
         assert f"| {text} |" in lesson, text
 
 
+@slow
 def test_data_engine_training_stops_on_a_non_finite_loss_before_the_weights_take_it():
     data_engine = lessons_module("data_engine")
     torch.manual_seed(0)
@@ -1895,6 +1911,7 @@ def test_data_engine_rejects_bad_arguments(argv):
     assert e.value.code == 2
 
 
+@slow
 def test_data_engine_gives_up_only_when_asked(tmp_path):
     data_engine = lessons_module("data_engine")
     assert not data_engine.parse_args(["--out", "x"]).give_up
@@ -1914,6 +1931,7 @@ def test_data_engine_gives_up_only_when_asked(tmp_path):
         results["stage3"]["masks_per_image"])
 
 
+@slow
 def test_data_engine_trains_its_small_steps_on_the_labels_downsized():
     data_engine = lessons_module("data_engine")
     image = np.zeros((64, 64, 3), np.uint8)
@@ -1959,6 +1977,7 @@ def figures(tmp_path, monkeypatch):
     make_figures._load.cache_clear()
 
 
+@slow
 def test_every_figure_of_a_trained_model_is_drawn_from_the_checkpoint_given(figures, tmp_path,
                                                                             capsys):
     # a random toy model (O(1) weights, so its masks are not empty) saved as train_toy saves
@@ -1977,6 +1996,7 @@ def test_every_figure_of_a_trained_model_is_drawn_from_the_checkpoint_given(figu
     assert figures.model_label() == "toy.pt, 7 training steps"  # what the titles print
 
 
+@slow
 def test_the_figures_default_to_the_shipped_checkpoint_and_say_clearly_when_it_is_missing(
         figures, tmp_path):
     assert figures.CHECKPOINT == figures.SHIPPED == ROOT / "lessons" / "toy_sam.pt"
@@ -2485,6 +2505,7 @@ def six_steps(toy_data, few_targets, tmp_path_factory):
     return run(toy_data, out), out, before
 
 
+@slow
 def test_training_lowers_the_held_out_loss_and_writes_a_checkpoint_build_sam_loads(toy_data,
                                                                                    six_steps):
     metrics, out, data_before = six_steps
@@ -2503,6 +2524,7 @@ def test_training_lowers_the_held_out_loss_and_writes_a_checkpoint_build_sam_loa
     assert (out / "examples.png").stat().st_size > 0
 
 
+@slow
 def test_resume_continues_the_same_run_and_eval_only_scores_it_again(toy_data, six_steps,
                                                                      tmp_path, monkeypatch):
     whole, out, _ = six_steps
@@ -2524,6 +2546,7 @@ def test_resume_continues_the_same_run_and_eval_only_scores_it_again(toy_data, s
     assert (again["before"], again["after"]) == (whole["before"], whole["after"])
 
 
+@slow
 def test_non_finite_loss_stops_a_fine_tune_before_it_reaches_the_checkpoint(toy_data, few_targets,
                                                                             tmp_path, monkeypatch):
     real_batch, real_embeddings, at = finetune.training_batch, finetune.load_embeddings, {}
@@ -2543,6 +2566,7 @@ def test_non_finite_loss_stops_a_fine_tune_before_it_reaches_the_checkpoint(toy_
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2
 
 
+@slow
 def test_train_encoder_trains_the_whole_model(toy_data, few_targets, tmp_path):
     run(toy_data, tmp_path, "--train-encoder", "--steps", "2")
     torch.manual_seed(0)
@@ -2570,6 +2594,7 @@ def test_compressed_rle_decodes_as_pycocotools_encodes(masks):
                                                            *mask.shape), mask)
 
 
+@slow
 def test_finetune_reads_vit_b_from_a_raw_state_dict_of_the_official_shapes(tmp_path,
                                                                            monkeypatch):
     """Lesson 10's ViT-B path, as far as a machine without the official weights can take it:
@@ -2607,6 +2632,7 @@ def test_finetune_reads_vit_b_from_a_raw_state_dict_of_the_official_shapes(tmp_p
         assert torch.equal(trained[name], start[name]) == name.startswith("image_encoder."), name
 
 
+@slow
 def test_the_finetuning_figure_fine_tunes_the_checkpoint_given(figures, tmp_path, monkeypatch,
                                                                 capsys):
     """The figure runs lesson 10's command itself (here on 10 images for 2 steps of 2 images)
