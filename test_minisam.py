@@ -190,7 +190,7 @@ def test_preset_state_dict_equals_the_reference_builders(name):
 
 
 @pytest.mark.parametrize("cfg", PARITY_CONFIGS.values(), ids=PARITY_CONFIGS.keys())
-@pytest.mark.parametrize("smallest_chunks", [False, True],
+@pytest.mark.parametrize("smallest_chunks", [False, pytest.param(True, marks=slow)],
                          ids=["default_chunks", "one_grid_row_per_chunk"])
 def test_image_encoder_and_dense_pe_match_reference(cfg, smallest_chunks, monkeypatch):
     if smallest_chunks:  # attention: one row of queries of one head; MLP: one grid row
@@ -338,6 +338,7 @@ PERMUTE_MODEL = random_sam(CONFIGS["toy"], seed=4)
 PERMUTE_EMBEDDING = PERMUTE_MODEL.image_encoder(torch.randn(1, 3, 64, 64)).detach()
 
 
+@slow
 @given(st.integers(2, 6).flatmap(lambda n: st.tuples(
     st.lists(st.tuples(st.floats(0, 63), st.floats(0, 63)), min_size=n, max_size=n),
     st.lists(st.integers(0, 1), min_size=n, max_size=n),
@@ -673,6 +674,7 @@ AMG_SETTINGS = {
 }
 
 
+@slow
 @pytest.mark.parametrize("setting", AMG_SETTINGS)
 def test_automatic_masks_equal_reference(setting, monkeypatch):
     sa = reference_package()
@@ -900,7 +902,7 @@ def test_the_mlp_in_pieces_is_one_call(mlp_bytes, monkeypatch):
         x = x + block.attn(block.norm1(x))
         return x + block.mlp(block.norm2(x))
 
-    x = torch.randn(2, 16, 16, CONFIGS["toy"].encoder_embed_dim)
+    x = torch.randn(2, 6, 4, CONFIGS["toy"].encoder_embed_dim)
     upstream = torch.randn(x.shape)
     results = []
     for run in (block, one_call):
@@ -944,6 +946,7 @@ any_image = st.one_of(any_array, st.tuples(st.integers(1, 40), st.integers(1, 40
     lambda hw: toy_photo(*hw)))
 
 
+@slow
 @given(any_image)
 def test_set_image_accepts_only_uint8_rgb(image):
     predictor = minisam.SamPredictor(TOY_MODEL)
@@ -981,6 +984,7 @@ VALID_PROMPT = dict(point_coords=[[10.0, 10.0]], point_labels=[1], box=[5.0, 5.0
                     mask_input=np.zeros((1, 64, 64), np.float32))
 
 
+@slow
 @given(st.sampled_from(sorted(VALID_PROMPT)), prompt_values)
 def test_predict_names_the_malformed_argument(name, value):
     """One argument of a valid prompt replaced by anything: either a ValueError/TypeError
@@ -1084,6 +1088,7 @@ generator_values = st.one_of(st.none(), st.booleans(), st.text(max_size=3),
                              st.integers(-3, 3), st.floats(allow_nan=True, allow_infinity=True))
 
 
+@slow
 @given(st.sampled_from(["points_per_side", "points_per_batch", "pred_iou_thresh",
                         "stability_score_thresh", "stability_score_offset", "box_nms_thresh",
                         "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
@@ -1100,6 +1105,7 @@ def test_generator_settings_fuzzed(name, value):
         assert record["segmentation"].shape == (20, 30) or generator.output_mode != "binary_mask"
 
 
+@slow
 @given(any_image)
 def test_generate_accepts_only_uint8_rgb(image):
     generator = minisam.SamAutomaticMaskGenerator(disc_sam(), points_per_side=2)
@@ -1135,8 +1141,8 @@ def test_generator_rejects_bad_images_and_takes_odd_valid_ones():
 
 def test_every_pointer_to_the_experiments_log_names_one_of_its_headings():
     """A comment or lesson says why in a clause and points to the measurement behind it as
-    `lessons/experiments.md, "Heading"`; the heading must exist, however the pointer's text
-    is wrapped over comment lines."""
+    lessons/experiments.md, then the heading in double quotes; the heading must exist,
+    however the pointer's text is wrapped over comment lines."""
     root = Path(__file__).resolve().parent
     log = root / "lessons" / "experiments.md"
     headings = set(re.findall(r"^#+ (.+?)\s*$", log.read_text(), flags=re.M))
@@ -1151,6 +1157,7 @@ def test_every_pointer_to_the_experiments_log_names_one_of_its_headings():
     assert not wrong, "pointers to no heading of lessons/experiments.md:\n" + "\n".join(wrong)
 
 
+@slow
 def test_bench_does_not_import_the_tests():
     check = "import sys, bench; assert 'test_minisam' not in sys.modules, 'bench imports the tests'"
     subprocess.run([sys.executable, "-c", check], cwd=ROOT, check=True)
@@ -1231,6 +1238,7 @@ def test_first_click_lies_in_the_target_and_box_noise_is_bounded(mask, seed):
     assert (noisy - tight).abs().max() <= 1.5 + 1e-6
 
 
+@slow
 @pytest.mark.parametrize("iterations, no_click_passes", [(3, 0), (5, 2), (5, 1), (11, 2)])
 def test_every_pass_but_the_first_and_the_no_click_ones_adds_a_click(iterations, no_click_passes,
                                                                      monkeypatch):
@@ -1295,6 +1303,7 @@ def test_expected_iou_weighs_the_masks_a_click_may_mean_by_one_over_area():
         assert torch.allclose(expected[n], minisam.mask_iou(masks[n], targets[n][None]))
 
 
+@slow
 def test_held_out_parts_have_ambiguous_clicks():
     """On the toy world: the click of any mask with a parent lies in that parent too."""
     for seed in list(train_toy.EVAL_SEEDS)[:8]:
@@ -1617,6 +1626,7 @@ def test_data_parallel_run_on_two_cpu_processes(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.suffix != ".png") == ["ckpt.pt", "metrics.json"]
 
 
+@slow
 def test_training_and_evaluation_make_their_tensors_where_their_inputs_are():
     """On a GPU, a tensor made without `device=` lands on the CPU and the step fails. There is
     no GPU here, so meta stands in for the CPU as the default device: a tensor made without
@@ -1637,6 +1647,7 @@ def test_training_and_evaluation_make_their_tensors_where_their_inputs_are():
     assert all(x.device.type == "cpu" for x in (masks, iou, low_res, clicks, ideal))
 
 
+@slow
 def test_predictor_and_generator_make_their_tensors_where_their_inputs_are():
     """The same stand-in for a GPU as in the test above, for inference: a click with a box and
     a mask prompt, and the automatic masks with crops, NMS and small-region clean-up."""
@@ -1835,6 +1846,7 @@ def test_data_engine_training_stops_on_a_non_finite_loss_before_the_weights_take
                for name, p in model.named_parameters())  # no step was taken
 
 
+@slow
 def test_data_engine_annotator_accepts_only_good_masks_and_counts_clicks():
     """The disc stub (disc_sam) draws roughened discs around the first click, and one of
     radius 12 from the second click on: at accept_iou 0.6 it gets a radius-12 disc at once, a
@@ -2102,6 +2114,7 @@ def test_click_demo_drag_is_a_box_prompt_clipped_to_the_image(click_demo):
     assert demo.box == near([5.0, 5.0, W - 1, H - 1])
 
 
+@slow
 def test_click_demo_automatic_key_draws_the_records_and_escape_clears(click_demo):
     torch.manual_seed(0)
     model = Sam(CONFIGS["toy"]).eval()
