@@ -502,17 +502,6 @@ def upscale_2x(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
     return y.view(N, h, w, 2, 2, c_out).transpose(2, 3).reshape(N, 2 * h, 2 * w, c_out)
 
 
-class Upscale2x(nn.ConvTranspose2d):
-    """A transposed convolution with kernel 2 and stride 2 (the same weights), run as
-    upscale_2x: (N, C_in, h, w) -> (N, C_out, 2h, 2w), channels last in memory."""
-
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__(c_in, c_out, kernel_size=2, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return upscale_2x(x.permute(0, 2, 3, 1), self).permute(0, 3, 1, 2)
-
-
 class MaskDecoder(nn.Module):
     def __init__(self, cfg: SamConfig):
         super().__init__()
@@ -522,10 +511,12 @@ class MaskDecoder(nn.Module):
                                              cfg.decoder_mlp_dim)
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
-        # 4x upscaling, (N, dim, g, g) -> (N, dim/8, 4g, 4g)
+        # 4x upscaling, (N, dim, g, g) -> (N, dim/8, 4g, 4g); forward runs these weights
+        # channels-last (upscale_2x) rather than calling the Sequential
         self.output_upscaling = nn.Sequential(
-            Upscale2x(dim, dim // 4), LayerNorm2d(dim // 4), nn.GELU(),
-            Upscale2x(dim // 4, dim // 8), nn.GELU(),
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2), LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2), nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens))
@@ -549,9 +540,11 @@ class MaskDecoder(nn.Module):
         iou_token_out, mask_tokens_out = tokens[:, 0], tokens[:, 1:1 + self.num_mask_tokens]
 
         g = dense_prompt_embeddings.shape[-1]
-        # upscale 4x: (N, g*g, C) -> (N, C/8, 4g, 4g), channels last in memory all the way
-        upscaled = self.output_upscaling(image.unflatten(1, (g, g)).permute(0, 3, 1, 2))
-        upscaled = upscaled.permute(0, 2, 3, 1)  # (N, 4g, 4g, C/8): a view, no copy
+        # upscale 4x, channels last all the way: (N, g*g, C) -> (N, 4g, 4g, C/8)
+        up1, norm, act1, up2, act2 = self.output_upscaling
+        x = upscale_2x(image.unflatten(1, (g, g)), up1)
+        x = act1(norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))  # views: no copy either way
+        upscaled = act2(upscale_2x(x, up2))
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i]) for i, mlp in
                                 enumerate(self.output_hypernetworks_mlps)], dim=1)  # (N, M+1, C/8)
         # each mask is its token's vector dotted with every pixel's features
