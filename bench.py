@@ -21,55 +21,38 @@ from functools import partial
 import numpy as np
 import torch
 
-from minisam import CONFIGS, Sam, SamAutomaticMaskGenerator, SamConfig, SamPredictor
+from minisam import CONFIGS, Sam, SamAutomaticMaskGenerator, SamPredictor
 from train_toy import EVAL_SEEDS, InteractiveTraining, make_sample, training_batch
 from train_toy import parse_args as parse_training_args
 
 
-def random_sam(cfg: SamConfig, seed: int = 0) -> Sam:
-    """A minisam model whose every weight is random and O(1)-scaled (the zero-initialised
-    relative positions and position embedding included), so that every path computes
-    something (the parity tests use it too)."""
-    torch.manual_seed(seed)
-    model = Sam(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape) * (0.5 if p.dim() == 1 else p[0].numel() ** -0.5))
-    return model
-
-
-def reference_sam(cfg: SamConfig, segment_anything):
-    """The reference model with cfg's sizes, assembled from the classes of the reference
-    package (the module `segment_anything`); load minisam's state_dict into it to compare."""
-    modeling = segment_anything.modeling
-    g = cfg.image_size // cfg.patch_size
+def reference_twin(model: Sam, segment_anything):
+    """The reference model with `model`'s sizes and weights, assembled from the classes of
+    the reference package (the module `segment_anything`), or None without it."""
+    if segment_anything is None:
+        return None
+    cfg, modeling = model.config, segment_anything.modeling
     encoder = modeling.ImageEncoderViT(
         depth=cfg.encoder_depth, embed_dim=cfg.encoder_embed_dim, img_size=cfg.image_size,
         mlp_ratio=cfg.mlp_ratio, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
         num_heads=cfg.encoder_num_heads, patch_size=cfg.patch_size, qkv_bias=True,
         use_rel_pos=True, global_attn_indexes=cfg.encoder_global_attn_indexes,
         window_size=cfg.window_size, out_chans=cfg.prompt_embed_dim)
+    g = cfg.image_embedding_size
     prompt_encoder = modeling.PromptEncoder(
         embed_dim=cfg.prompt_embed_dim, image_embedding_size=(g, g),
         input_image_size=(cfg.image_size, cfg.image_size), mask_in_chans=cfg.mask_in_chans)
+    transformer = modeling.TwoWayTransformer(
+        depth=cfg.decoder_depth, embedding_dim=cfg.prompt_embed_dim,
+        mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads)
     decoder = modeling.MaskDecoder(
-        num_multimask_outputs=cfg.num_multimask_outputs,
-        transformer=modeling.TwoWayTransformer(
-            depth=cfg.decoder_depth, embedding_dim=cfg.prompt_embed_dim,
-            mlp_dim=cfg.decoder_mlp_dim, num_heads=cfg.decoder_num_heads),
+        num_multimask_outputs=cfg.num_multimask_outputs, transformer=transformer,
         transformer_dim=cfg.prompt_embed_dim, iou_head_depth=cfg.iou_head_depth,
         iou_head_hidden_dim=cfg.iou_head_hidden_dim)
-    return modeling.Sam(encoder, prompt_encoder, decoder, list(cfg.pixel_mean),
-                        list(cfg.pixel_std)).eval()
-
-
-def twin(model: Sam, segment_anything):
-    """The reference model with `model`'s weights, or None without the reference."""
-    if segment_anything is None:
-        return None
-    theirs = reference_sam(model.config, segment_anything)
+    theirs = modeling.Sam(encoder, prompt_encoder, decoder, list(cfg.pixel_mean),
+                          list(cfg.pixel_std))
     theirs.load_state_dict(model.state_dict())
-    return theirs
+    return theirs.eval()
 
 
 def median_times(fns: dict, repeats: int, warmup: int = 1) -> dict:
@@ -170,8 +153,8 @@ def main():
 
     # ViT-B image encoder at 1024x1024, fp32 and bf16
     cfg = CONFIGS["vit_b"]
-    ours = random_sam(cfg)
-    theirs = twin(ours, sa)
+    ours = Sam(cfg).eval()  # PyTorch's random weights: the speed does not depend on them
+    theirs = reference_twin(ours, sa)
     x = torch.randn(1, 3, 1024, 1024)
 
     @torch.no_grad()
@@ -217,8 +200,8 @@ def main():
 
     # SamPredictor.predict per click after set_image (the annotation tool's loop)
     image = (torch.rand(1024, 768, 3) * 255).to(torch.uint8).numpy()
-    toy = random_sam(CONFIGS["toy"])
-    toy_ref = twin(toy, sa)
+    toy = Sam(CONFIGS["toy"]).eval()
+    toy_ref = reference_twin(toy, sa)
     for name, model, ref_model in (("ViT-B", ours, theirs), ("toy", toy, toy_ref)):
         predictors = {"ours": SamPredictor(model)}
         if ref_model is not None:

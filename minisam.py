@@ -45,8 +45,9 @@ class SamConfig:
     prompt_embed_dim: int = 64  # width of tokens, image embedding and decoder
     mask_in_chans: int = 16  # hidden channels when a mask prompt is downscaled
     decoder_depth: int = 2
-    # 2 heads: 16 dims per head in the half-width cross-attentions, where 4 heads leave 8;
-    # the toy then leaves its plateau sooner and runs faster (README, "Toy training results")
+    # 2 heads: 16 dims per head in the half-width cross-attentions, where 4 heads leave 8; the
+    # toy then leaves its plateau sooner (lessons/experiments.md, "Does the size of the model
+    # matter?")
     decoder_num_heads: int = 2
     decoder_mlp_dim: int = 256
     num_multimask_outputs: int = 3  # whole, part, subpart
@@ -166,14 +167,22 @@ class EncoderAttention(nn.Module):
         B, h, w, C = x.shape
         qkv = self.qkv(x).reshape(B, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, B * self.num_heads, h * w, -1)  # each (B*heads, h*w, d)
-
-        def logits(q, k, first_row):  # q: the queries of the grid rows from first_row on
-            bias = relative_position_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), first_row)
-            return torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scale)  # + q k^T * scale
-
-        x = attention_in_chunks(logits, q, k, v, w)  # softmax(logits) v: (B*heads, h*w, d)
+        # Each query's softmax is its own, so a few grid rows of queries of a few heads at a
+        # time give the same numbers in a fraction of the memory (section 7).
+        x = torch.empty_like(q)
+        for heads, tokens in attention_pieces(len(q), h, w, q.element_size()):
+            x[heads, tokens] = self.attend(q[heads, tokens], k[heads], v[heads], (h, w),
+                                           first_row=tokens.start // w)
         x = x.view(B, self.num_heads, h, w, -1)
         return self.proj(x.permute(0, 2, 3, 1, 4).reshape(B, h, w, C))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: Tuple[int, int],
+               first_row: int) -> torch.Tensor:
+        """softmax(q k^T * scale + relative position bias) v for the queries q (n, r*w, d) of
+        the r grid rows from first_row on, and all keys and values (n, h*w, d)."""
+        bias = relative_position_bias(q, self.rel_pos_h, self.rel_pos_w, size, first_row)
+        logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=self.scale)  # + q k^T * scale
+        return logits.softmax(dim=-1) @ v
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -216,9 +225,12 @@ class Block(nn.Module):
         else:
             y = self.attn(y)
         x = x + y
-        # the MLP sees each token on its own, so it may run on a few grid rows at a time
-        return tokenwise_in_bands(lambda x: x + self.mlp(self.norm2(x)), x,
-                                  hidden=self.mlp.lin1.out_features)
+        # The MLP sees each token on its own, so a few grid rows at a time give the same
+        # numbers in a fraction of the memory (section 7).
+        out = torch.empty_like(x)
+        for rows in mlp_pieces(x, hidden=self.mlp.lin1.out_features):
+            out[:, rows] = x[:, rows] + self.mlp(self.norm2(x[:, rows]))
+        return out
 
 
 class ImageEncoderViT(nn.Module):
@@ -248,59 +260,6 @@ class ImageEncoderViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
-
-
-# Memory, not modelling: the encoder's attention and MLP in pieces. Nothing of SAM and nothing
-# of the paper is here: the two helpers below compute softmax(logits) v and a function of each
-# token, f(x), as one call would (up to float rounding), only in pieces small enough that
-# memory stays cheap. Skip them on a first reading.
-
-# The attention is computed in chunks of at most this many bytes of logits. A ViT-B global
-# block has 12 heads x 4096 x 4096 logits, 805 MB in float32: memory that large comes fresh
-# from the operating system every time, and faulting its pages in costs ten times more than
-# filling them. A few query rows of one head at a time, the logits stay in the cache and the
-# allocator hands the same memory back chunk after chunk. Plain matmul-softmax-matmul on such
-# chunks is as fast as PyTorch's fused attention kernel in float32, and about three times
-# faster in bfloat16 (README, "Speed").
-LOGITS_CHUNK_BYTES = 2 ** 22
-# The MLP's hidden layer, mlp_ratio times wider than the tokens, takes 50 MB per 1024-px image
-# in float32: above the 32 MB beyond which glibc maps every allocation afresh from the OS. So
-# the MLP runs on bands of grid rows, each with at most this many bytes of hidden layer.
-MLP_CHUNK_BYTES = 2 ** 24
-
-
-def attention_in_chunks(logits, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        w: int) -> torch.Tensor:
-    """softmax(logits(q, k, 0)) @ v, for queries, keys and values (N, h*w, d) of N (window or
-    image, head) pairs on a grid w tokens wide; logits(q_rows, k, first_row) gives the
-    (n, r*w, h*w) logits of the queries of r grid rows from first_row on. The softmax runs
-    over each query's own logits, so taking a few rows of a few pairs at a time, at most
-    LOGITS_CHUNK_BYTES of logits, changes nothing but the memory."""
-    h = q.shape[1] // w
-    chunk = LOGITS_CHUNK_BYTES // q.element_size()  # logits per chunk
-    rows = max(1, min(h, chunk // (w * h * w)))  # grid rows of queries per chunk
-    items = max(1, chunk // (rows * w * h * w))  # (window or image, head) pairs per chunk
-    out = []
-    for n in range(0, len(q), items):
-        band = []
-        for r in range(0, h, rows):
-            q_chunk = q[n:n + items, r * w:(r + rows) * w]  # (items, rows*w, d)
-            band.append(logits(q_chunk, k[n:n + items], r).softmax(dim=-1) @ v[n:n + items])
-        out.append(torch.cat(band, dim=1))  # (items, h*w, d)
-    return torch.cat(out)
-
-
-def tokenwise_in_bands(f, x: torch.Tensor, hidden: int) -> torch.Tensor:
-    """f(x) for a (B, h, w, C) grid and a function f of each token on its own (the block's
-    norm2, MLP and residual) whose largest intermediate has `hidden` values per token: f runs
-    on bands of grid rows with at most MLP_CHUNK_BYTES of that intermediate each."""
-    B, _, w, _ = x.shape
-    row_bytes = B * w * hidden * x.element_size()  # bytes of the intermediate per grid row
-    out = [f(band) for band in x.split(max(1, MLP_CHUNK_BYTES // row_bytes), dim=1)]
-    # a single band (the toy's, at train_toy's batch sizes) is returned as it is: through
-    # cat, even one tensor changes the float order of the backward pass, and with it every
-    # trained toy number
-    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
 # -----------------------------------------------------------------------------
@@ -359,18 +318,19 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(c, dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, dim)
+        self._make_dense_pe()
+        self.register_load_state_dict_post_hook(PromptEncoder._make_dense_pe)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """The same Fourier features at every cell of the image embedding: (1, C, g, g).
-        They depend only on the fixed Gaussian matrix, so they are computed once rather than
-        on every click, and again only when that matrix changes (loading a checkpoint bumps
-        its version counter; moving the model gives it new storage)."""
-        matrix = self.pe_layer.positional_encoding_gaussian_matrix
-        key = (matrix.data_ptr(), matrix._version, matrix.dtype)
-        if getattr(self, "_dense_pe_key", None) != key:
-            self._dense_pe = self.pe_layer.dense(self.image_embedding_size)[None]
-            self._dense_pe_key = key
-        return self._dense_pe
+        """The same Fourier features at every cell of the image embedding: (1, C, g, g)."""
+        return self.dense_pe
+
+    def _make_dense_pe(self, *_) -> None:
+        # Made from the fixed Gaussian matrix alone: once here and again whenever a checkpoint
+        # replaces the matrix, rather than on every click. A buffer, so that it moves and
+        # changes dtype with the model; not persistent, so checkpoints do not hold it.
+        self.register_buffer("dense_pe", self.pe_layer.dense(self.image_embedding_size)[None],
+                             persistent=False)
 
     def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool):
         coords = coords + 0.5  # a pixel index names the pixel's centre
@@ -436,12 +396,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, inner)
         self.v_proj = nn.Linear(dim, inner)
         self.out_proj = nn.Linear(inner, dim)
-        # From scratch, start as a lookup by similarity: k_proj = q_proj, at twice PyTorch's
-        # default scale. Queries and keys carry Fourier PEs, whose dot product peaks where
-        # two positions coincide; with equal projections a click's query already finds the
-        # pixels at its own position, where two independent random projections scramble
-        # that. Trained from scratch, the toy model then leaves its plateau ~150 steps sooner
-        # (README, "Toy training results"). Loaded weights replace it.
+        # minisam's departure (neither the paper's nor the reference's): start from scratch as
+        # a lookup by similarity, k_proj = q_proj at twice PyTorch's default scale. Queries
+        # and keys carry Fourier PEs, whose dot product peaks where two positions coincide;
+        # with equal projections a click's query already finds the pixels at its own
+        # position, where two independent random projections scramble that, and the toy
+        # model leaves its plateau sooner (lessons/experiments.md, "Why is the start of
+        # training slow?"). Loaded weights replace it.
         with torch.no_grad():
             self.q_proj.weight.mul_(2.0)
             self.k_proj.weight.copy_(self.q_proj.weight)
@@ -585,9 +546,7 @@ class MaskDecoder(nn.Module):
         """forward's masks and IoUs for all M + 1 output tokens, token 0 first: (N, M + 1, 4g,
         4g) and (N, M + 1). The exported decoder (lessons/web_demo.py) chooses among them."""
         n = sparse_prompt_embeddings.shape[0]
-        if image_embeddings.shape[0] not in (1, n):
-            raise ValueError(f"image_embeddings has batch {image_embeddings.shape[0]}; expected "
-                             f"1 (shared) or {n} (one per prompt row)")
+        _check_embedding_batch(image_embeddings, n)
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight])
         tokens = torch.cat([output_tokens.expand(n, -1, -1), sparse_prompt_embeddings], dim=1)
         image = image_embeddings + dense_prompt_embeddings  # (N, C, g, g)
@@ -671,51 +630,6 @@ class Sam(nn.Module):
         return outputs
 
 
-def _shapes(state_dict: dict) -> dict:
-    return {k: tuple(v.shape) for k, v in state_dict.items()}
-
-
-def _preset_shapes(name: str) -> dict:
-    with torch.device("meta"):  # shapes only: no memory, even for vit_h
-        return _shapes(Sam(CONFIGS[name]).state_dict())
-
-
-def _check_fits(state_dict: dict, config: SamConfig, expected: dict) -> None:
-    """Compare a checkpoint's keys and shapes with the model's; a mismatch is a ValueError
-    that lists the first few differences and names the preset the checkpoint fits, if any."""
-    got = _shapes(state_dict)
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    misshaped = [f"{k}: checkpoint {got[k]}, model {expected[k]}"
-                 for k in expected if k in got and got[k] != expected[k]]
-    if not (missing or unexpected or misshaped):
-        return
-    problems = [f"{len(items)} {what} (first: {', '.join(items[:3])})"
-                for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                    ("mis-shaped tensors", misshaped)) if items]
-    fits = [name for name in CONFIGS if _preset_shapes(name) == got]
-    hint = f"; it fits the preset {fits[0]!r}" if fits else ""
-    label = next((repr(name) for name, preset in CONFIGS.items() if preset == config), "given")
-    raise ValueError(f"checkpoint does not fit the {label} config: " + "; ".join(problems) + hint)
-
-
-def check_device(device) -> torch.device:
-    """`device` as a torch.device this machine has, or a ValueError that names it (before a
-    checkpoint of gigabytes is read, not after)."""
-    if not isinstance(device, (str, int, torch.device)):
-        raise TypeError(f"device must be a name like 'cpu' or 'cuda:0', or a torch.device, got "
-                        f"{type(device).__name__}")
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device {device!r} is not a device name: {e}") from None
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if device.type in available and not available[device.type]():
-        raise ValueError(f"device {str(device)!r}: this machine has no {device.type} device; "
-                         "use 'cpu'")
-    return device
-
-
 def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
     """Build a SAM model and, optionally, load weights.
 
@@ -735,26 +649,7 @@ def build_sam(config="toy", checkpoint=None, device=None) -> Sam:
         device = check_device(device)  # before a checkpoint of gigabytes is read
     model = Sam(config)
     if checkpoint is not None:
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling errors come in many types; all mean the same here
-            raise ValueError(f"checkpoint {str(checkpoint)!r} is not a readable PyTorch "
-                             f"checkpoint: {type(e).__name__}: {e}") from e
-        if not isinstance(state, dict):
-            raise ValueError(f"checkpoint {str(checkpoint)!r} holds a {type(state).__name__}, "
-                             "not a state dict")
-        if "model" in state and "config" in state:  # our own training checkpoint
-            try:  # tuples come back from the file as lists
-                saved = SamConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                     for k, v in state["config"].items()})
-            except TypeError as e:
-                raise ValueError(f"checkpoint {str(checkpoint)!r} has an unreadable config: {e}")
-            if saved != config:
-                diff = {k: v for k, v in asdict(saved).items() if getattr(config, k) != v}
-                raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with a different "
-                                 f"config (differs in {diff}); pass config=SamConfig(**ckpt"
-                                 "['config']) or the matching preset")
-            state = state["model"]
+        state = _read_checkpoint(checkpoint, config)
         _check_fits(state, config, _shapes(model.state_dict()))
         model.load_state_dict(state)
     return (model if device is None else model.to(device)).eval()
@@ -870,45 +765,6 @@ class ResizeLongestSide:
         return self.apply_coords_torch(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
 
 
-def _finite_array(name: str, value, shape_text: str, ndim: Optional[int],
-                  last: Optional[int]) -> np.ndarray:
-    """A prompt argument as a float array of the documented shape (ndim None: any), or a
-    ValueError/TypeError that names the argument and says what was expected."""
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name} must be a numeric array of shape {shape_text}, got "
-                        f"{type(value).__name__}") from e
-    if (ndim is not None and array.ndim != ndim) or (last is not None and array.shape[-1] != last):
-        raise ValueError(f"{name} must have shape {shape_text}, got {array.shape}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{name} must be finite, got NaN or inf in {array.tolist()}")
-    return array
-
-
-def _check_image(image) -> None:
-    """The one image contract of the public API: a uint8 (H, W, 3) numpy array. Anything else
-    is refused with the conversion that would fix it."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy array of shape (H, W, 3) and dtype uint8, "
-                        f"got {type(image).__name__} (for a PIL image use np.asarray(img))")
-    if image.dtype != np.uint8:
-        raise TypeError(f"image must have dtype uint8 (0..255), got {image.dtype} (for floats "
-                        "in [0, 1] use (img * 255).round().astype(np.uint8))")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
-        raise ValueError(f"image must be RGB of shape (H, W, 3), got grayscale {image.shape}; "
-                         "convert with np.dstack([img] * 3)")
-    if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
-        raise ValueError(f"image must be channels-last (H, W, 3), got {image.shape}; "
-                         "use img.transpose(1, 2, 0)")
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}"
-                         + ("; drop the alpha channel with img[..., :3]"
-                            if image.ndim == 3 and image.shape[-1] == 4 else ""))
-    if min(image.shape[:2]) < 1:
-        raise ValueError(f"image must be at least 1x1 pixels, got {image.shape}")
-
-
 class SamPredictor:
     """Interactive segmentation of one image: set_image once, then predict for each prompt.
     The interface is the reference package's, so code written for it runs unchanged."""
@@ -968,42 +824,18 @@ class SamPredictor:
         Returns masks (C, H, W) bool (logits if return_logits), iou_predictions (C,) and
         low_res_masks (C, h, w), as numpy; C = 3 with multimask_output, else 1."""
         self._check_image_set()
-        H, W = self.original_size
-        coords = labels = boxes = masks = None
-        if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if point_coords is not None:
-            coords = _finite_array("point_coords", point_coords, "(N, 2)", 2, 2)
-            labels = _finite_array("point_labels", point_labels, "(N,)", 1, None)
-            if len(labels) != len(coords):
-                raise ValueError(f"point_labels has {len(labels)} labels for the {len(coords)} "
-                                 "points of point_coords")
-            if not np.isin(labels, (0, 1)).all():
-                raise ValueError(f"point_labels must be 0 (background) or 1 (foreground), "
-                                 f"got {np.unique(labels).tolist()}")
-            outside = (coords < 0).any(1) | (coords[:, 0] > W) | (coords[:, 1] > H)
-            if outside.any():
-                raise ValueError(f"point_coords must lie in the image (0 <= x <= {W}, "
-                                 f"0 <= y <= {H}), got {coords[outside].tolist()}")
+        coords, labels, box, masks = _checked_prompts(
+            point_coords, point_labels, box, mask_input, self.original_size,
+            self.model.prompt_encoder.mask_input_size)
+        boxes = None
+        if coords is not None:
             coords = torch.as_tensor(self.transform.apply_coords(coords, self.original_size),
                                      dtype=torch.float, device=self.device)[None]
             labels = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
-            box = _finite_array("box", box, "(4,) as x0, y0, x1, y1", None, None)
-            if box.size != 4:  # (1, 4), the shape of a batch of one, is taken too
-                raise ValueError(f"box must have shape (4,) as x0, y0, x1, y1, got {box.shape}")
-            box = box.reshape(-1)
-            if box[0] > box[2] or box[1] > box[3]:
-                raise ValueError(f"box must have x0 <= x1 and y0 <= y1, got {box.tolist()}")
             boxes = torch.as_tensor(self.transform.apply_boxes(box, self.original_size),
                                     dtype=torch.float, device=self.device)
-        if mask_input is not None:
-            low_res = self.model.prompt_encoder.mask_input_size
-            masks = _finite_array("mask_input", mask_input, f"(1, {low_res[0]}, {low_res[1]})",
-                                  3, None)
-            if masks.shape != (1, *low_res):
-                raise ValueError(f"mask_input must have shape (1, {low_res[0]}, {low_res[1]}) "
-                                 f"(a low_res_masks row of an earlier call), got {masks.shape}")
+        if masks is not None:
             masks = torch.as_tensor(masks, dtype=torch.float, device=self.device)[None]
         out = self.predict_torch(coords, labels, boxes, masks, multimask_output, return_logits)
         return tuple(x[0].cpu().numpy() for x in out)
@@ -1235,61 +1067,7 @@ class SamAutomaticMaskGenerator:
                  crop_overlap_ratio: float = 512 / 1500, crop_n_points_downscale_factor: int = 1,
                  point_grids: Optional[list] = None, min_mask_region_area: int = 0,
                  output_mode: str = "binary_mask"):
-        if (points_per_side is None) == (point_grids is None):
-            raise ValueError("give exactly one of points_per_side and point_grids, got "
-                             f"points_per_side={points_per_side!r} and "
-                             f"point_grids={'None' if point_grids is None else 'a list'}")
-        for name, value, low in (("points_per_batch", points_per_batch, 1),
-                                 ("crop_n_layers", crop_n_layers, 0),
-                                 ("crop_n_points_downscale_factor",
-                                  crop_n_points_downscale_factor, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name, value, low, high in (
-                ("pred_iou_thresh", pred_iou_thresh, 0, 1),
-                ("stability_score_thresh", stability_score_thresh, 0, 1),
-                ("stability_score_offset", stability_score_offset, 0, math.inf),
-                ("box_nms_thresh", box_nms_thresh, 0, 1),
-                ("crop_nms_thresh", crop_nms_thresh, 0, 1),
-                ("crop_overlap_ratio", crop_overlap_ratio, 0, 1),
-                ("min_mask_region_area", min_mask_region_area, 0, math.inf)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not low <= value <= high:
-                raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
-        if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
-            raise ValueError("output_mode must be 'binary_mask', 'uncompressed_rle' or "
-                             f"'coco_rle', got {output_mode!r}")
-        if output_mode == "coco_rle" and importlib.util.find_spec("pycocotools") is None:
-            raise ImportError("output_mode='coco_rle' needs pycocotools (pip install "
-                              "pycocotools); 'uncompressed_rle' needs nothing")
-        if points_per_side is not None:
-            if not isinstance(points_per_side, int) or isinstance(points_per_side, bool) \
-                    or points_per_side < 1:
-                raise ValueError(f"points_per_side must be a positive integer, got "
-                                 f"{points_per_side!r}")
-            # each crop layer's grid has points_per_side / factor**layer points per side
-            if points_per_side < crop_n_points_downscale_factor ** crop_n_layers:
-                raise ValueError(
-                    f"points_per_side={points_per_side} leaves no points in crop layer "
-                    f"{crop_n_layers} with crop_n_points_downscale_factor="
-                    f"{crop_n_points_downscale_factor}: it must be at least "
-                    f"{crop_n_points_downscale_factor ** crop_n_layers}")
-            point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
-                                                      crop_n_points_downscale_factor)
-        if not isinstance(point_grids, (list, tuple)):
-            raise TypeError(f"point_grids must be a list of (N, 2) arrays, one per crop layer, "
-                            f"got {type(point_grids).__name__}")
-        if len(point_grids) != crop_n_layers + 1:
-            raise ValueError(f"point_grids must hold one grid per crop layer "
-                             f"({crop_n_layers + 1}), got {len(point_grids)}")
-        for grid in point_grids:
-            grid = _finite_array("point_grids[i]", grid, "(N, 2) in [0, 1]", 2, 2)
-            if (grid < 0).any() or (grid > 1).any():
-                raise ValueError("point_grids hold coordinates normalised to [0, 1]")
-            if len(grid) == 0:
-                raise ValueError("every grid in point_grids needs at least one point")
         self.predictor = SamPredictor(model)
-        self.point_grids = point_grids
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -1300,6 +1078,12 @@ class SamAutomaticMaskGenerator:
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        _check_generator_settings(self, points_per_side, point_grids,
+                                  crop_n_points_downscale_factor)
+        if point_grids is None:  # each crop layer's grid has points_per_side / factor**layer
+            point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
+                                                      crop_n_points_downscale_factor)
+        self.point_grids = point_grids
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list:
@@ -1421,3 +1205,250 @@ def _select(masks: dict, keep: torch.Tensor) -> dict:
 def _concat(batches: list) -> dict:
     return {k: sum((b[k] for b in batches), []) if isinstance(batches[0][k], list)
             else torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+
+# -----------------------------------------------------------------------------
+# 7. Memory and speed: the image encoder in pieces
+# Nothing of SAM is here. The encoder's attention (section 1) runs on a few grid rows of
+# queries of a few heads at a time, and its MLP on a few grid rows at a time: each piece is
+# computed as the whole would be, only the memory it needs is small. Memory as large as the
+# whole (a ViT-B global block has 12 x 4096 x 4096 logits) comes fresh from the operating
+# system on every call, which costs more than the arithmetic; pieces that fit in the cache
+# reuse the same memory piece after piece (lessons/experiments.md, "Where does the time go
+# at 1024 px?").
+
+LOGITS_CHUNK_BYTES = 2 ** 22  # the logits of one piece of attention
+# the MLP's hidden layer of one piece: below the 32 MB above which glibc maps every
+# allocation afresh from the operating system
+MLP_CHUNK_BYTES = 2 ** 24
+
+
+def attention_pieces(n: int, h: int, w: int, element_size: int) -> list:
+    """Pieces (heads, tokens) of the attention of n (window or image, head) pairs over an
+    h x w grid: a slice of the pairs and a slice of whole grid rows of query tokens, with at
+    most LOGITS_CHUNK_BYTES of logits each."""
+    row_bytes = w * h * w * element_size  # the logits of one grid row of queries
+    rows = max(1, min(h, LOGITS_CHUNK_BYTES // row_bytes))
+    pairs = max(1, LOGITS_CHUNK_BYTES // (rows * row_bytes))
+    return [(slice(i, i + pairs), slice(r * w, (r + rows) * w))
+            for i in range(0, n, pairs) for r in range(0, h, rows)]
+
+
+def mlp_pieces(x: torch.Tensor, hidden: int) -> list:
+    """Slices of whole grid rows of a (B, h, w, C) map whose MLP, `hidden` values wide per
+    token, needs at most MLP_CHUNK_BYTES each."""
+    B, h, w, _ = x.shape
+    rows = max(1, MLP_CHUNK_BYTES // (B * w * hidden * x.element_size()))
+    return [slice(r, r + rows) for r in range(0, h, rows)]
+
+# -----------------------------------------------------------------------------
+# 8. Checking the inputs
+# The public entry points (build_sam, SamPredictor, SamAutomaticMaskGenerator) check what
+# they are given here, before any work: a wrong input gets a ValueError or TypeError that
+# names the argument and says what was expected, not a shape error deep inside the model.
+
+
+def _shapes(state_dict: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state_dict.items()}
+
+
+def _preset_shapes(name: str) -> dict:
+    with torch.device("meta"):  # shapes only: no memory, even for vit_h
+        return _shapes(Sam(CONFIGS[name]).state_dict())
+
+
+def _check_fits(state_dict: dict, config: SamConfig, expected: dict) -> None:
+    """Compare a checkpoint's keys and shapes with the model's; a mismatch is a ValueError
+    that lists the first few differences and names the preset the checkpoint fits, if any."""
+    got = _shapes(state_dict)
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    misshaped = [f"{k}: checkpoint {got[k]}, model {expected[k]}"
+                 for k in expected if k in got and got[k] != expected[k]]
+    if not (missing or unexpected or misshaped):
+        return
+    problems = [f"{len(items)} {what} (first: {', '.join(items[:3])})"
+                for what, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                    ("mis-shaped tensors", misshaped)) if items]
+    fits = [name for name in CONFIGS if _preset_shapes(name) == got]
+    hint = f"; it fits the preset {fits[0]!r}" if fits else ""
+    label = next((repr(name) for name, preset in CONFIGS.items() if preset == config), "given")
+    raise ValueError(f"checkpoint does not fit the {label} config: " + "; ".join(problems) + hint)
+
+
+def check_device(device) -> torch.device:
+    """`device` as a torch.device this machine has, or a ValueError that names it (before a
+    checkpoint of gigabytes is read, not after)."""
+    if not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"device must be a name like 'cpu' or 'cuda:0', or a torch.device, got "
+                        f"{type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a device name: {e}") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type in available and not available[device.type]():
+        raise ValueError(f"device {str(device)!r}: this machine has no {device.type} device; "
+                         "use 'cpu'")
+    return device
+
+
+def _read_checkpoint(checkpoint, config: SamConfig) -> dict:
+    """The state dict in an official checkpoint or a train_toy.py one (checked against
+    config), or a ValueError that names the file and what is wrong with it."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean the same here
+        raise ValueError(f"checkpoint {str(checkpoint)!r} is not a readable PyTorch "
+                         f"checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {str(checkpoint)!r} holds a {type(state).__name__}, "
+                         "not a state dict")
+    if not ("model" in state and "config" in state):  # an official checkpoint
+        return state
+    try:  # our own training checkpoint; tuples come back from the file as lists
+        saved = SamConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in state["config"].items()})
+    except TypeError as e:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} has an unreadable config: {e}")
+    if saved != config:
+        diff = {k: v for k, v in asdict(saved).items() if getattr(config, k) != v}
+        raise ValueError(f"checkpoint {str(checkpoint)!r} was trained with a different "
+                         f"config (differs in {diff}); pass config=SamConfig(**ckpt"
+                         "['config']) or the matching preset")
+    return state["model"]
+
+
+def _finite_array(name: str, value, shape_text: str, ndim: Optional[int],
+                  last: Optional[int]) -> np.ndarray:
+    """A prompt argument as a float array of the documented shape (ndim None: any), or a
+    ValueError/TypeError that names the argument and says what was expected."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a numeric array of shape {shape_text}, got "
+                        f"{type(value).__name__}") from e
+    if (ndim is not None and array.ndim != ndim) or (last is not None and array.shape[-1] != last):
+        raise ValueError(f"{name} must have shape {shape_text}, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf in {array.tolist()}")
+    return array
+
+
+def _check_image(image) -> None:
+    """The one image contract of the public API: a uint8 (H, W, 3) numpy array. Anything else
+    is refused with the conversion that would fix it."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array of shape (H, W, 3) and dtype uint8, "
+                        f"got {type(image).__name__} (for a PIL image use np.asarray(img))")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must have dtype uint8 (0..255), got {image.dtype} (for floats "
+                        "in [0, 1] use (img * 255).round().astype(np.uint8))")
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
+        raise ValueError(f"image must be RGB of shape (H, W, 3), got grayscale {image.shape}; "
+                         "convert with np.dstack([img] * 3)")
+    if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
+        raise ValueError(f"image must be channels-last (H, W, 3), got {image.shape}; "
+                         "use img.transpose(1, 2, 0)")
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {image.shape}"
+                         + ("; drop the alpha channel with img[..., :3]"
+                            if image.ndim == 3 and image.shape[-1] == 4 else ""))
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"image must be at least 1x1 pixels, got {image.shape}")
+
+def _checked_prompts(point_coords, point_labels, box, mask_input, original_size, low_res):
+    """SamPredictor.predict's prompts as float arrays (None where not given): point_coords
+    (N, 2) inside the (H, W) image, point_labels (N,) of 0 and 1, box (4,) with x0 <= x1 and
+    y0 <= y1, mask_input (1, *low_res); else a ValueError/TypeError naming the argument."""
+    H, W = original_size
+    coords = labels = boxes = masks = None
+    if (point_coords is None) != (point_labels is None):
+        raise ValueError("point_coords and point_labels must be given together")
+    if point_coords is not None:
+        coords = _finite_array("point_coords", point_coords, "(N, 2)", 2, 2)
+        labels = _finite_array("point_labels", point_labels, "(N,)", 1, None)
+        if len(labels) != len(coords):
+            raise ValueError(f"point_labels has {len(labels)} labels for the {len(coords)} "
+                             "points of point_coords")
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError(f"point_labels must be 0 (background) or 1 (foreground), "
+                             f"got {np.unique(labels).tolist()}")
+        outside = (coords < 0).any(1) | (coords[:, 0] > W) | (coords[:, 1] > H)
+        if outside.any():
+            raise ValueError(f"point_coords must lie in the image (0 <= x <= {W}, "
+                             f"0 <= y <= {H}), got {coords[outside].tolist()}")
+    if box is not None:
+        boxes = _finite_array("box", box, "(4,) as x0, y0, x1, y1", None, None)
+        if boxes.size != 4:  # (1, 4), the shape of a batch of one, is taken too
+            raise ValueError(f"box must have shape (4,) as x0, y0, x1, y1, got {boxes.shape}")
+        boxes = boxes.reshape(-1)
+        if boxes[0] > boxes[2] or boxes[1] > boxes[3]:
+            raise ValueError(f"box must have x0 <= x1 and y0 <= y1, got {boxes.tolist()}")
+    if mask_input is not None:
+        shape = f"(1, {low_res[0]}, {low_res[1]})"
+        masks = _finite_array("mask_input", mask_input, shape, 3, None)
+        if masks.shape != (1, *low_res):
+            raise ValueError(f"mask_input must have shape {shape} (a low_res_masks row of an "
+                             f"earlier call), got {masks.shape}")
+    return coords, labels, boxes, masks
+
+
+def _check_generator_settings(generator, points_per_side, point_grids,
+                              downscale_factor) -> None:
+    """SamAutomaticMaskGenerator's settings (its attributes and the three arguments it does
+    not keep), or a ValueError/TypeError/ImportError that names the setting."""
+    if (points_per_side is None) == (point_grids is None):
+        raise ValueError("give exactly one of points_per_side and point_grids, got "
+                         f"points_per_side={points_per_side!r} and "
+                         f"point_grids={'None' if point_grids is None else 'a list'}")
+    layers = generator.crop_n_layers
+    for name, value, low in (("points_per_batch", generator.points_per_batch, 1),
+                             ("crop_n_layers", layers, 0),
+                             ("crop_n_points_downscale_factor", downscale_factor, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, low, high in (("pred_iou_thresh", 0, 1), ("stability_score_thresh", 0, 1),
+                            ("stability_score_offset", 0, math.inf), ("box_nms_thresh", 0, 1),
+                            ("crop_nms_thresh", 0, 1), ("crop_overlap_ratio", 0, 1),
+                            ("min_mask_region_area", 0, math.inf)):
+        value = getattr(generator, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not low <= value <= high:
+            raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    if generator.output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
+        raise ValueError("output_mode must be 'binary_mask', 'uncompressed_rle' or "
+                         f"'coco_rle', got {generator.output_mode!r}")
+    if generator.output_mode == "coco_rle" and importlib.util.find_spec("pycocotools") is None:
+        raise ImportError("output_mode='coco_rle' needs pycocotools (pip install "
+                          "pycocotools); 'uncompressed_rle' needs nothing")
+    if points_per_side is not None:
+        if not isinstance(points_per_side, int) or isinstance(points_per_side, bool) \
+                or points_per_side < 1:
+            raise ValueError(f"points_per_side must be a positive integer, got "
+                             f"{points_per_side!r}")
+        if points_per_side < downscale_factor ** layers:
+            raise ValueError(
+                f"points_per_side={points_per_side} leaves no points in crop layer {layers} "
+                f"with crop_n_points_downscale_factor={downscale_factor}: it must be at least "
+                f"{downscale_factor ** layers}")
+        return
+    if not isinstance(point_grids, (list, tuple)):
+        raise TypeError(f"point_grids must be a list of (N, 2) arrays, one per crop layer, "
+                        f"got {type(point_grids).__name__}")
+    if len(point_grids) != layers + 1:
+        raise ValueError(f"point_grids must hold one grid per crop layer ({layers + 1}), "
+                         f"got {len(point_grids)}")
+    for grid in point_grids:
+        grid = _finite_array("point_grids[i]", grid, "(N, 2) in [0, 1]", 2, 2)
+        if (grid < 0).any() or (grid > 1).any():
+            raise ValueError("point_grids hold coordinates normalised to [0, 1]")
+        if len(grid) == 0:
+            raise ValueError("every grid in point_grids needs at least one point")
+
+
+def _check_embedding_batch(image_embeddings: torch.Tensor, n: int) -> None:
+    """MaskDecoder's image_embeddings: one shared by all n prompt rows, or one for each."""
+    if image_embeddings.shape[0] not in (1, n):
+        raise ValueError(f"image_embeddings has batch {image_embeddings.shape[0]}; expected "
+                         f"1 (shared) or {n} (one per prompt row)")
