@@ -1196,7 +1196,8 @@ def test_a_fresh_decoder_already_looks_up_positions(seed):
 
 def train(out, *flags):
     train_toy.main(["--out", str(out), "--images-per-step", "2", "--targets-per-image", "3",
-                    "--iters", "3", "--warmup", "2", "--lr", "3e-3", *flags])
+                    "--iters", "3", "--warmup", "2", "--lr", "3e-3", "--small-steps", "1",
+                    *flags])
     return torch.load(out / "ckpt.pt", weights_only=True)
 
 
@@ -1248,7 +1249,8 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
     checkpoint on disk is always complete (written to a temporary file, then renamed), and
     resuming from it reproduces the uninterrupted run exactly."""
     flags = ["--steps", "40", "--save-every", "1", "--images-per-step", "2",
-             "--targets-per-image", "3", "--iters", "3", "--warmup", "2", "--lr", "3e-3"]
+             "--targets-per-image", "3", "--iters", "3", "--warmup", "2", "--lr", "3e-3",
+             "--small-steps", "32"]
     killed = tmp_path / "killed"
     # the same thread count as this process, whatever the environment says: another count
     # sums in another order, and the runs would differ in the last bits
@@ -1268,8 +1270,10 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
     process.wait()
     state = torch.load(killed / "ckpt.pt", weights_only=True)  # complete, or this raises
     assert 1 <= state["step"] < 40, "the run should have been killed before it finished"
-    resumed = train(killed, "--steps", "40", "--save-every", "40", "--resume")
-    straight = train(tmp_path / "straight", "--steps", "40", "--save-every", "40")
+    resumed = train(killed, "--steps", "40", "--save-every", "40", "--small-steps", "32",
+                    "--resume")
+    straight = train(tmp_path / "straight", "--steps", "40", "--save-every", "40",
+                     "--small-steps", "32")
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
@@ -1334,14 +1338,14 @@ def test_growing_the_model_carries_adams_moments_where_shapes_stay():
 
 
 def test_a_checkpoint_of_the_small_steps_evaluates_at_full_size(tmp_path, tiny_evaluation):
-    """--small-fraction 0.5 of 6 steps: the checkpoint at step 2 holds the 32-px model;
+    """--small-steps 3 of 6 steps: the checkpoint at step 2 holds the 32-px model;
     --eval-only grows it and scores the full-size held-out images."""
-    state = train(tmp_path, "--steps", "6", "--small-fraction", "0.5", "--save-every", "2")
+    state = train(tmp_path, "--steps", "6", "--small-steps", "3", "--save-every", "2")
     assert state["config"]["image_size"] == 64 and state["step"] == 6
-    small = train(tmp_path / "small", "--steps", "2", "--small-fraction", "0.5")
+    small = train(tmp_path / "small", "--steps", "2", "--small-steps", "1")
     assert small["config"]["image_size"] == 64  # the run ended: it grew before its end
     interrupted = tmp_path / "interrupted"
-    train(interrupted, "--steps", "6", "--small-fraction", "0.5", "--save-every", "1")
+    train(interrupted, "--steps", "6", "--small-steps", "3", "--save-every", "1")
     (interrupted / "metrics.json").unlink()
     checkpoint = torch.load(interrupted / "ckpt.pt", weights_only=True)
     first = dict(checkpoint, step=2, history=checkpoint["history"][:2])
@@ -1442,7 +1446,8 @@ def test_data_parallel_run_on_two_cpu_processes(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "train_toy.py", "--out", str(out), "--steps", "3", "--images-per-step", "1",
-         "--targets-per-image", "2", "--iters", "2", "--warmup", "1", "--device", "cpu"],
+         "--targets-per-image", "2", "--iters", "2", "--warmup", "1", "--small-steps", "2",
+         "--device", "cpu"],
         cwd=Path(__file__).parent, capture_output=True, text=True, timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -1498,7 +1503,8 @@ def test_predictor_and_generator_make_their_tensors_where_their_inputs_are():
 def test_bad_flags_are_argparse_errors(capsys):
     for flags in (["--steps", "0"], ["--config", "vit_x"], ["--lr", "-1"], ["--device", "gpu9"],
                   ["--steps", "ten"], ["--no-click-passes", "3"],
-                  ["--iters", "2", "--no-click-passes", "2"],
+                  ["--iters", "2", "--no-click-passes", "2"], ["--small-steps", "-1"],
+                  ["--steps", "100"],
                   *(["--device", kind] for kind in ABSENT_DEVICES)):
         with pytest.raises(SystemExit) as err:
             train_toy.parse_args(flags)
@@ -1672,7 +1678,8 @@ def test_data_engine_training_stops_on_a_non_finite_loss_before_the_weights_take
         model.mask_decoder.iou_token.weight[0, 0] = float("nan")  # every loss is NaN from step 1
     before = {name: p.clone() for name, p in model.named_parameters()}
     with pytest.raises(SystemExit, match="step 1: the loss is nan; stopping.$"):
-        data_engine.train_on_labels(model, labelled, steps=3, seed=0, log=lambda *a: None)
+        data_engine.train_on_labels(model, labelled, data_engine.retraining(3, seed=0),
+                                    log=lambda *a: None)
     assert all(torch.allclose(p, before[name], rtol=0, atol=0, equal_nan=True)
                for name, p in model.named_parameters())  # no step was taken
 
@@ -1787,8 +1794,9 @@ def test_data_engine_trains_its_small_steps_on_the_labels_downsized():
     assert masks.shape == (1, 32, 32) and masks.sum() == 25 and masks[0, 5:10, 15:20].all()
     # a training from scratch ends at full size, whatever size its first steps ran at
     model = minisam.Sam(minisam.CONFIGS["toy"])
-    trained = data_engine.train_on_labels(model, [(image, np.stack([block]))], 2, seed=0,
-                                          from_scratch=True, log=lambda _: None)
+    trained = data_engine.train_on_labels(model, [(image, np.stack([block]))],
+                                          data_engine.from_scratch(data_engine.Budget(), 2, 0),
+                                          log=lambda _: None)
     assert trained.config == model.config and not trained.training
 
 
@@ -2163,8 +2171,8 @@ def test_click_demo_benchmark_times_the_round_trip_around_the_decoder(click_demo
 
 
 def export(folder: Path, images: int, shifted: bool = False) -> Path:
-    finetune.main(["--export-toy", str(folder), "--images", str(images)]
-                  + (["--shifted"] if shifted else []))
+    train_toy.main(["--export-toy", str(folder), "--images", str(images)]
+                   + (["--shifted"] if shifted else []))
     return folder
 
 
@@ -2361,8 +2369,8 @@ def test_the_held_out_split_goes_by_file_name():
 
 def test_export_toy_writes_the_toy_world_and_its_shifted_style(tmp_path):
     normal, shifted = export(tmp_path / "normal", 2), export(tmp_path / "shifted", 2, True)
-    assert not set(finetune.EXPORT_SEEDS) & (set(train_toy.EVAL_SEEDS) | set(train_toy.TRAIN_SEEDS))
-    for a, b, seed in zip(read_all(normal), read_all(shifted), finetune.EXPORT_SEEDS):
+    assert not set(train_toy.EXPORT_SEEDS) & (set(train_toy.EVAL_SEEDS) | set(train_toy.TRAIN_SEEDS))
+    for a, b, seed in zip(read_all(normal), read_all(shifted), train_toy.EXPORT_SEEDS):
         image, masks, _ = train_toy.make_world(seed)
         assert np.array_equal(finetune.read_image(a.image), image)
         assert np.array_equal(frame_masks(a), masks) and np.array_equal(frame_masks(b), masks)
@@ -2391,7 +2399,7 @@ def snapshot(folder: Path) -> dict:
 def few_targets():
     """Steps of 2 images (16 masks), not 8: the same code, a quarter of the time."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(finetune, "IMAGES_PER_STEP", 2)
+        patch.setattr(finetune, "SETTINGS", dataclasses.replace(finetune.SETTINGS, images_per_step=2))
         yield
 
 
@@ -2455,16 +2463,16 @@ def test_resume_continues_the_same_run_and_eval_only_scores_it_again(toy_data, s
 
 def test_non_finite_loss_stops_a_fine_tune_before_it_reaches_the_checkpoint(toy_data, few_targets,
                                                                             tmp_path, monkeypatch):
-    real_batch, real_embeddings, at = finetune.training_batch, finetune.load_embeddings, {}
+    real_batch, real_embeddings, at = finetune.sample_batch, finetune.load_embeddings, {}
 
-    def batch(samples, seed, step):  # remembers the step, so the 3rd step's embeddings are NaN
+    def batch(step, samples, settings):  # remembers the step: the 3rd step's embeddings are NaN
         at["step"] = step
-        return real_batch(samples, seed, step)
+        return real_batch(step, samples, settings)
 
     def embeddings(samples, device):
         return real_embeddings(samples, device) * (float("nan") if at.get("step") == 2 else 1.0)
 
-    monkeypatch.setattr(finetune, "training_batch", batch)
+    monkeypatch.setattr(finetune, "sample_batch", batch)
     monkeypatch.setattr(finetune, "load_embeddings", embeddings)
     monkeypatch.setattr(finetune, "SAVE_EVERY", 2)
     with pytest.raises(SystemExit, match="step 3: the loss is nan.*last good checkpoint"):
@@ -2505,8 +2513,8 @@ def test_finetune_reads_vit_b_from_a_raw_state_dict_of_the_official_shapes(tmp_p
     random weights of the official shapes saved as a raw state dict (sam_vit_b_01ec64.pth's
     format), two small JPEGs of other aspects whose masks go to 1024 px with them, one
     training step of the decoder, and an OUT/ckpt.pt that build_sam("vit_b") loads."""
-    monkeypatch.setattr(finetune, "IMAGES_PER_STEP", 1)  # one image, two masks: the same code
-    monkeypatch.setattr(finetune, "TARGETS_PER_IMAGE", 2)
+    monkeypatch.setattr(finetune, "SETTINGS", dataclasses.replace(  # one image, two masks:
+        finetune.SETTINGS, images_per_step=1, targets_per_image=2))  # the same code
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -2546,7 +2554,8 @@ def test_the_finetuning_figure_fine_tunes_the_checkpoint_given(figures, tmp_path
                                            "config": dataclasses.asdict(model.config),
                                            "step": 7, "seed": 0, "history": []})
     monkeypatch.setattr(figures, "FINETUNE_IMAGES", 10)
-    monkeypatch.setattr(finetune, "IMAGES_PER_STEP", 2)
+    monkeypatch.setattr(finetune, "SETTINGS",
+                        dataclasses.replace(finetune.SETTINGS, images_per_step=2))
     run = finetune.main
     monkeypatch.setattr(finetune, "main", lambda argv: run(argv + ["--steps", "2"]
                                                            if "--data" in argv else argv))
