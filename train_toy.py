@@ -1,7 +1,7 @@
 """
 train_toy.py: train minisam the way the paper trains SAM, on a procedural world of shapes.
 
-    python train_toy.py                       # the toy model, from scratch, a few minutes on CPU
+    python train_toy.py                       # the toy model, from scratch, on a CPU
     python train_toy.py --eval-only           # evaluate out/ckpt.pt again
     python train_toy.py --export-toy DIR --images 200 [--shifted]  # for finetune.py
     torchrun --standalone --nproc_per_node=2 train_toy.py  # data-parallel
@@ -48,8 +48,8 @@ CURVE_IMAGES = 16  # the first held-out images, evaluated during training: the l
 EVAL_IMAGES_PER_BATCH = 8  # held-out images encoded and decoded together
 # Automatic-mask thresholds for the shipped toy checkpoint (lessons/toy_sam.pt). The
 # reference's defaults (IoU 0.88, stability 0.95) are for ViT-H on photographs; chosen for the
-# toy on held-out images other than the ones its JSON scores them on (lessons/experiments.md,
-# "Which automatic-mask thresholds suit the toy model?").
+# toy on held-out images other than the ones its JSON scores them on
+# (lessons/experiments.md, "Which automatic-mask thresholds suit the toy model?").
 TOY_AMG_SETTINGS = dict(points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.85,
                         min_mask_region_area=8)
 REFERENCE_AMG_THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.95)
@@ -614,9 +614,9 @@ def pad_to_square(image: np.ndarray, S: int) -> torch.Tensor:
 def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warmup, then step decay x0.1 at 85% and at 26/27 of training. The paper's first
     decay comes at 2/3, but it starts from a pre-trained encoder; from scratch, the toy model
-    spends its first 200-350 steps on a plateau, and decaying at 2/3 of a 700-step run
-    left it too few steps at full rate (lessons/experiments.md, "Do the optimiser's settings
-    matter?")."""
+    spends its first few hundred steps on a plateau, and a decay at 2/3 of a short run
+    leaves it too few steps at full rate
+    (lessons/experiments.md, "Do the optimiser's settings matter?")."""
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.1 ** ((step >= total * 0.85) + (step >= total * 26 / 27))
@@ -845,8 +845,8 @@ def expected_iou(masks: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
     inside it: odds 1 / area). This is what the IoU head's squared error makes it predict at
     best, here computed from the hidden truth (lesson 5, "What the IoU head can know")."""
     expected = torch.empty(masks.shape[:2], device=masks.device)
-    # one click at a time: gathering every (click, mask) pair at once took 1.6 GiB more at
-    # 1024 px (ViT-B, 8 images)
+    # one click at a time: every (click, mask) pair at once would hold N x M x k masks of
+    # the full input size (lessons/experiments.md, "How much memory does ViT-B training take?")
     for n, meant in enumerate(valid):  # meant (N,): the masks target n's click may mean
         odds = 1.0 / targets[meant].flatten(1).sum(1)  # (k,)
         ious = mask_iou(masks[n][:, None], targets[meant][None])  # (M, k)
@@ -1404,8 +1404,8 @@ def parse_args(argv=None):
 
 def save_model(path: Path, state: dict, metrics: dict) -> None:
     """The shipped form of a trained model: its weights and learning curve, without the
-    optimizer's moments and the per-step losses (at 25000 steps, 6 MB and 2 MB of 11 MB; both
-    stay in OUT/ckpt.pt), and beside it a JSON of how it was made and what it scores,
+    optimizer's moments and the per-step losses (most of the file; both stay in
+    OUT/ckpt.pt), and beside it a JSON of how it was made and what it scores,
     automatic masks included: with TOY_AMG_SETTINGS and with the reference's thresholds."""
     model = minisam.build_sam(SamConfig(**{k: tuple(v) if isinstance(v, list) else v
                                            for k, v in state["config"].items()}))

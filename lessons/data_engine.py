@@ -77,11 +77,10 @@ QUICK = Budget(seed_images=6, stage1_rounds=3, stage1_images_per_round=4, stage2
                click_budget=3)
 
 # The automatic masks of stages 2 and 3. The engine's models are far weaker than the shipped
-# checkpoint, and their IoU heads rarely predict above 0.5, so thresholds tuned for the shipped
-# checkpoint keep almost nothing: in one run with an earlier choice (IoU 0.5, stability 0.85),
-# 0.18 masks per image in stage 3 and none to pre-fill in stage 2. Looser still (IoU 0.4,
-# stability 0.3), stage 3 labels more but worse masks, and the final model learns less from
-# them (lessons/experiments.md, "Which automatic-mask thresholds for stages 2 and 3?").
+# checkpoint, and their IoU heads rarely predict high, so thresholds tuned for the shipped
+# checkpoint keep almost nothing; much looser ones label more but worse masks, from which the
+# final model learns less
+# (lessons/experiments.md, "Which automatic-mask thresholds for stages 2 and 3?").
 # Stage 2's pre-filled masks are these proposals (the paper used a box detector trained on
 # stage-1 masks; any source of confident masks plays the same part), each checked by the
 # annotator: its IoU >= 0.9 is the strict part.
@@ -540,9 +539,9 @@ def parse_args(argv=None):
     p.add_argument("--give-up", action="store_true",
                    help="an annotator without the paper's brush and eraser: it gives up on the "
                         "masks its clicks cannot finish")
-    # One thread by default: at the toy's size a second thread made the engine no faster on
-    # a 2-core machine (the seed model took 2.1 minutes on one, 2.3 on two), and the numbers
-    # of a run depend on its thread count, so the default gives the same run on every machine
+    # One thread by default: at the toy's size a second thread makes the engine no faster
+    # (lessons/experiments.md, "How long does the default take?"), and the numbers of a run
+    # depend on its thread count, so the default gives the same run on every machine
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     for field in dataclasses.fields(Budget):  # every budget entry can be overridden
         p.add_argument("--" + field.name.replace("_", "-"), type=field.type, default=None,
