@@ -1886,7 +1886,7 @@ def figures(tmp_path, monkeypatch):
     # the first six held-out images hold three objects of three levels (the hero's choice)
     monkeypatch.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 6))
     monkeypatch.setattr(train_toy, "AMG_EVAL_IMAGES", 2)
-    monkeypatch.setattr(make_figures, "DPI", 30)  # small pictures save faster
+    monkeypatch.setattr(train_toy, "FIGURE_DPI", 30)  # small pictures save faster
     monkeypatch.setattr(make_figures, "FIGURES_DIR", tmp_path / "figures")
     monkeypatch.setattr(make_figures, "CHECKPOINT", make_figures.CHECKPOINT)
     monkeypatch.setattr(make_figures, "DEFAULT_RUN", None)

@@ -1022,8 +1022,11 @@ def pyplot():
     return plt
 
 
+FIGURE_DPI = 100
+
+
 def save_figure(fig, path: Path) -> None:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
     pyplot().close(fig)
 
 
