@@ -457,8 +457,6 @@ def make_figures(results: dict, examples: list, out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    import make_figures as drawing  # lessons/make_figures.py: the drawing rules of the lessons
-
     rounds = results["stage1"]["rounds"]
     x = np.arange(1, len(rounds) + 1)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.2), layout="constrained")
@@ -479,15 +477,17 @@ def make_figures(results: dict, examples: list, out: Path) -> None:
     fig, axes = plt.subplots(2, len(examples), figsize=(2.3 * len(examples), 5.2),
                              squeeze=False, layout="constrained")
     for column, (title, image, truth, masks, brushed) in zip(axes.T, examples):
-        drawing.show(column[0], image)
+        train_toy.show(column[0], image)
         for mask in truth:
-            drawing.outline(column[0], mask)
+            train_toy.outline(column[0], mask)
         column[0].set_title(f"{title}\n{len(truth)} true masks", fontsize=9)
-        drawing.show(column[1], image)
+        train_toy.show(column[1], image)
         for mask, by_hand in zip(masks, brushed):
-            drawing.fill(column[1], mask, BRUSHED if by_hand else drawing.PREDICTED, alpha=0.35)
+            train_toy.fill(column[1], mask, BRUSHED if by_hand else train_toy.PREDICTED,
+                           alpha=0.35)
         column[1].set_title(f"labels saved: {len(masks)}", fontsize=9)
-    fig.legend(handles=[Patch(facecolor=(*drawing.PREDICTED, 0.5), label="drawn by the model"),
+    fig.legend(handles=[Patch(facecolor=(*train_toy.PREDICTED, 0.5),
+                              label="drawn by the model"),
                         Patch(facecolor=(*BRUSHED, 0.5), label="finished with the brush")],
                loc="outside lower center", ncol=2, fontsize=8, facecolor="#d9d9d9")
     fig.savefig(out / "labels.png", dpi=120)

@@ -16,13 +16,9 @@ The figures of a trained model draw the toy checkpoint that ships with minisam,
 lessons/toy_sam.pt (`trained_model`), on held-out images (train_toy.EVAL_SEEDS): the model
 that `minisam.build_sam("toy", checkpoint="lessons/toy_sam.pt")` gives a reader.
 
-How masks are drawn. The toy world paints its objects in random RGB colours, so no colour is
-safe on top of them; wherever a mask is shown, the image is shown in grey, and
-  - a model's mask is a blue fill,
-  - the true mask is a white line edged in black,
-  - a foreground click is a green plus, a background click a red cross, both edged in black,
-  - a box prompt is a yellow frame edged in black.
-A panel with a predicted mask prints the IoU the model predicts for it and its true IoU.
+How masks are drawn (a blue fill for a model's mask, a white line for the true one, green and
+red marks for clicks, a yellow frame for a box, on the image in grey) is train_toy.py's, in
+its section "Pictures": train_toy.py draws a run's pictures by the same rules.
 """
 
 import argparse
