@@ -1278,10 +1278,12 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
         assert torch.equal(resumed["model"][key], value), key
 
 
-def test_resuming_with_another_seed_is_refused(tmp_path, tiny_evaluation):
+def test_resuming_with_another_seed_or_more_small_steps_is_refused(tmp_path, tiny_evaluation):
     train(tmp_path, "--steps", "2")
     with pytest.raises(SystemExit, match="trained with --seed 0; resuming with --seed 1"):
         train(tmp_path, "--steps", "3", "--resume", "--seed", "1")
+    with pytest.raises(SystemExit, match="at full size at step 2, within --small-steps 3"):
+        train(tmp_path, "--steps", "4", "--resume", "--small-steps", "3")
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2  # untouched
 
 

@@ -1468,6 +1468,9 @@ def load_run(args, config: SamConfig):
         if args.resume and state.get(key, ["shapes"]) != value:
             raise SystemExit(f"{path} was trained with --{key} {state.get(key)}; "
                              f"resuming with {value} would draw other batches")
+    if args.resume and saved == config and state["step"] < args.small_steps:
+        raise SystemExit(f"{path} is at full size at step {state['step']}, within --small-steps "
+                         f"{args.small_steps}: resume with the --small-steps it was trained with")
     return model, state
 
 
