@@ -6,13 +6,15 @@ train_toy.py: train minisam the way the paper trains SAM, on a procedural world 
     python train_toy.py --export-toy DIR --images 200 [--shifted]  # for finetune.py
     torchrun --standalone --nproc_per_node=2 train_toy.py  # data-parallel
 
-Three parts, in the order of the paper's appendix A:
+Three parts, in the order of the paper's appendix A, and pictures:
   1. the toy world: images of objects made of parts and subparts, so that one click is
      genuinely ambiguous (whole, part or subpart), with every valid mask as a target;
   2. training as simulated interactive annotation: a first prompt, corrective clicks in the
-     error region, the previous mask fed back, focal + dice + IoU losses;
+     error region, the previous mask fed back, focal + dice + IoU losses; and the training
+     loop (`train`, with `TrainSettings`) that finetune.py and the data engine use too;
   3. evaluation: box and single-click mIoU, mIoU against the number of clicks, and how well
-     the IoU head ranks its own masks; then pictures.
+     the IoU head ranks its own masks;
+  4. pictures: how masks, clicks and boxes are drawn here and in every figure of the lessons.
 """
 
 import argparse
