@@ -449,11 +449,11 @@ def examples(model: minisam.Sam, samples: list) -> list:
     return answers
 
 
-def draw_examples(path: Path, samples: list, before: list, after: list, S: int,
-                  title: str) -> None:
-    """Each held-out sample in a row: the mask `examples` asks for, then the box's and the
-    click's answers before and after, drawn by train_toy's rules (its "Pictures")."""
-    plt = train_toy.pyplot()
+def draw_examples(args, metrics: dict, samples: list, before: list, after: list) -> None:
+    """OUT/examples.png: each held-out sample in a row, the mask `examples` asks for, then
+    the box's and the click's answers before and after, drawn by train_toy's rules (its
+    "Pictures"), under the run's box mIoU before and after."""
+    plt, S = train_toy.pyplot(), CONFIGS[args.config].image_size
     fig, axes = plt.subplots(len(samples), 5, figsize=(13, 2.9 * len(samples) + 1.2),
                              squeeze=False, layout="constrained")
     for row, sample, old, new in zip(axes, samples, before, after):
@@ -474,9 +474,14 @@ def draw_examples(path: Path, samples: list, before: list, after: list, S: int,
                                  box=box if prompt == "box" else None,
                                  title=f"{when}, {'a box' if prompt == 'box' else 'one click'}\n"
                                        f"{train_toy.scores(predicted, mask, truth)}")
-    fig.suptitle(title)
+    fig.suptitle(f"{args.checkpoint or 'random weights'} on held-out images, before and after "
+                 f"{metrics['steps']} steps of `finetune.py` ("
+                 f"{'the whole model' if args.train_encoder else 'decoder only'})\nbox mIoU on "
+                 f"all {metrics['held_out_images']} held-out images: "
+                 f"{metrics['before']['box_miou']:.3f} before, "
+                 f"{metrics['after']['box_miou']:.3f} after")
     train_toy.legend(fig, "mask", "truth", "positive", "box")
-    train_toy.save_figure(fig, path)
+    train_toy.save_figure(fig, args.out / "examples.png")
 
 
 ROWS = [("box_miou", "box mIoU"), ("one_click_miou", "1-click mIoU (IoU head picks)"),
@@ -596,13 +601,7 @@ def main(argv=None):
         metrics["after"] = evaluate(model, val)
         metrics.update(steps=history[-1]["step"] if history else 0,
                        train_minutes=history[-1]["minutes"] if history else 0.0)
-        draw_examples(args.out / "examples.png", shown, before, examples(model, shown), S,
-                      f"{args.checkpoint or 'random weights'} on held-out images, before and "
-                      f"after {metrics['steps']} steps of `finetune.py` ("
-                      f"{'the whole model' if args.train_encoder else 'decoder only'})\nbox "
-                      f"mIoU on all {len(val)} held-out images: "
-                      f"{metrics['before']['box_miou']:.3f} before, "
-                      f"{metrics['after']['box_miou']:.3f} after")
+        draw_examples(args, metrics, shown, before, examples(model, shown))
     metrics["minutes"] = (time.time() - start) / 60
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
