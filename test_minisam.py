@@ -1893,7 +1893,8 @@ def snapshot(folder: Path) -> dict:
 def few_targets():
     """Steps of 2 images (16 masks), not 8: the same code, a quarter of the time."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(finetune, "SETTINGS", dataclasses.replace(finetune.SETTINGS, images_per_step=2))
+        patch.setattr(finetune, "SETTINGS",
+                      dataclasses.replace(finetune.SETTINGS, images_per_step=2))
         yield
 
 
