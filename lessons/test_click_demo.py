@@ -1,6 +1,7 @@
 """
-Tests of lessons/click_demo.py (the click demo, driven headless by synthetic events), beside it; pytest collects them from the repository
-root, and `python -m pytest -q lessons/test_click_demo.py` runs them alone.
+Tests of lessons/click_demo.py (the click demo, driven headless by synthetic events).
+They sit beside the script; pytest collects them from the repository root, and
+`python -m pytest -q lessons/test_click_demo.py` runs them alone.
 """
 
 import sys

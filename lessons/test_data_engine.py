@@ -1,6 +1,7 @@
 """
-Tests of lessons/data_engine.py (the data engine in miniature), beside it; pytest collects them from the repository
-root, and `python -m pytest -q lessons/test_data_engine.py` runs them alone.
+Tests of lessons/data_engine.py (the data engine in miniature).
+They sit beside the script; pytest collects them from the repository root, and
+`python -m pytest -q lessons/test_data_engine.py` runs them alone.
 """
 
 import dataclasses

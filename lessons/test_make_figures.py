@@ -1,6 +1,7 @@
 """
-Tests of lessons/make_figures.py (the figures of the README and the lessons), beside it; pytest collects them from the repository
-root, and `python -m pytest -q lessons/test_make_figures.py` runs them alone.
+Tests of lessons/make_figures.py (the figures of the README and the lessons).
+They sit beside the script; pytest collects them from the repository root, and
+`python -m pytest -q lessons/test_make_figures.py` runs them alone.
 """
 
 import dataclasses
