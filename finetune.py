@@ -4,7 +4,6 @@ finetune.py: fine-tune SAM on your own masks, on a CPU.
     python finetune.py --data DATA --config vit_b --checkpoint sam_vit_b_01ec64.pth --out OUT
     python finetune.py ... --resume        # continue OUT/ckpt.pt to --steps
     python finetune.py ... --eval-only     # score --checkpoint and OUT/ckpt.pt again
-    python finetune.py --export-toy DIR --images 200 [--shifted]   # toy data in SA-1B layout
 
 DATA is either a folder in SA-1B's layout, NAME.jpg (or .png) beside NAME.json whose
 "annotations" hold COCO run-length "segmentation"s, or a COCO instances JSON file, its images
@@ -18,19 +17,18 @@ in OUT/embeddings/, and only the prompt encoder and mask decoder train, about 4M
 that cost tens of milliseconds a pass even at ViT-B's size. --train-encoder trains it all.
 Lesson 10 (lessons/10_finetuning.md) explains it, with a run on a shifted toy domain.
 
-Four parts:
+Three parts:
   1. reading masks: COCO run lengths, polygons, the two layouts, and what is refused;
   2. the model's frame: images resized and padded as SamPredictor does, masks with them,
      and the cache of image embeddings;
-  3. training with train_toy.InteractiveTraining and scoring with train_toy's evaluation;
-  4. toy data in SA-1B layout, in the toy world's style or in a shifted one.
+  3. training with train_toy's loop and scoring with train_toy's evaluation.
+Toy data to try it on: `python train_toy.py --export-toy DIR --images 200 [--shifted]`.
 """
 
 import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import time
 import warnings
 from collections import defaultdict
@@ -47,10 +45,9 @@ import train_toy
 from minisam import CONFIGS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-EXPORT_SEEDS = range(2 * 10**6, 3 * 10**6)  # toy worlds train_toy neither trains nor scores on
-# train_toy's defaults, which the toy model was trained with: 8 images a step, 8 of their
-# masks each, 3 decoder passes a mask (a first prompt, then 2 corrective clicks)
-IMAGES_PER_STEP, TARGETS_PER_IMAGE, ITERATIONS = 8, 8, 3
+# train_toy's settings, which the toy model was trained with (8 images a step, 8 of their
+# masks each, 3 decoder passes a mask), without its small steps: the model is trained already
+SETTINGS = dataclasses.replace(train_toy.TrainSettings(), small_steps=0)
 CLICKS = 5  # the held-out images are scored after 1..5 clicks
 EVAL_TARGETS = 64  # held-out masks decoded together (whole images, so at least one image's)
 SAVE_EVERY = 100  # steps between checkpoints, so an interrupted run can --resume
@@ -344,31 +341,75 @@ def load_embeddings(samples: list, device) -> torch.Tensor:
 
 # -----------------------------------------------------------------------------
 # 3. Training and scoring
-# A step is train_toy's: IMAGES_PER_STEP images drawn from the training images, TARGETS_PER_
-# IMAGE of each one's masks drawn with replacement, each target prompted as an annotator
-# would (InteractiveTraining). The draws are a pure function of (seed, step), so a resumed
-# run takes exactly the steps the uninterrupted one would have.
+# A step is train_toy's (`train_toy.train`): SETTINGS.images_per_step images drawn from the
+# training images, targets_per_image of each one's masks drawn with replacement, each target
+# prompted as an annotator would (InteractiveTraining). The draws are a pure function of
+# (seed, step), so a resumed run takes exactly the steps the uninterrupted one would have.
 
 
-def training_batch(samples: list, seed: int, step: int):
-    """The images (indices into samples), targets (N, S, S) bool, which image each target is
-    in (N,), and the generator that goes on to draw the step's prompts."""
-    generator = torch.Generator().manual_seed(hash((seed, step)) % 2**62)
-    chosen = torch.randint(len(samples), (IMAGES_PER_STEP,), generator=generator).tolist()
-    targets = [targets_of(samples[i], torch.randint(len(samples[i].masks), (TARGETS_PER_IMAGE,),
+def sample_batch(step: int, samples: list, settings: train_toy.TrainSettings):
+    """The images of one step (indices into samples), its targets (N, S, S) bool, which
+    image each target is in (N,), and the generator that goes on to draw the step's prompts."""
+    generator = train_toy.step_generator(settings.seed, step)
+    chosen = torch.randint(len(samples), (settings.images_per_step,), generator=generator).tolist()
+    targets = [targets_of(samples[i], torch.randint(len(samples[i].masks),
+                                                    (settings.targets_per_image,),
                                                     generator=generator).tolist())
                for i in chosen]
-    index = torch.arange(len(chosen)).repeat_interleave(TARGETS_PER_IMAGE)
+    index = torch.arange(len(chosen)).repeat_interleave(settings.targets_per_image)
     return chosen, torch.cat(targets), index, generator
 
 
+class CachedEmbeddingTraining(train_toy.InteractiveTraining):
+    """InteractiveTraining of a frozen image encoder, whose embeddings were cached: its
+    inputs are the images' embeddings (B, C, g, g), not the images."""
+
+    def forward(self, embeddings, targets, image_index, generator):
+        return self.from_embeddings(embeddings[image_index], targets, generator)
+
+
+def train_model(model: minisam.Sam, train: list, state: dict, args) -> list:
+    """Train `model` in place to --steps with train_toy's loop, from `state` (OUT/ckpt.pt) if
+    resumed, saving OUT/ckpt.pt every SAVE_EVERY steps and at the end. Returns the history
+    of the steps."""
+    S, ckpt_path = model.config.image_size, args.out / "ckpt.pt"
+    settings = dataclasses.replace(SETTINGS, steps=args.steps, lr=args.lr, seed=args.seed,
+                                   warmup=max(1, args.steps // 10))
+    history = state["history"] if state else []
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.image_encoder.requires_grad_(args.train_encoder)
+
+    def batches(step, image_size):
+        chosen, targets, index, generator = sample_batch(step, train, settings)
+        if args.train_encoder:  # the encoder runs, with gradients, on every step's images
+            images = torch.stack([train_toy.pad_to_square(model_frame(read_image(
+                train[i].image), S), S) for i in chosen])
+        else:  # the frozen encoder ran once per image, before training
+            images = load_embeddings([train[i] for i in chosen], model.device)
+        return images, targets, index, generator
+
+    def after_step(model, optimizer):
+        step = history[-1]["step"]
+        if step % SAVE_EVERY == 0 or step == args.steps:
+            train_toy.save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "config": dataclasses.asdict(model.config),
+                "step": step, "seed": args.seed, "train_encoder": args.train_encoder,
+                "history": history, "optimizer": optimizer.state_dict()})
+
+    train_toy.train(model, batches, settings, history, state and state["optimizer"],
+                    after_step=after_step, checkpoint=ckpt_path,
+                    training=(train_toy.InteractiveTraining if args.train_encoder
+                              else CachedEmbeddingTraining))
+    return history
+
+
 @torch.no_grad()
-def score(model: minisam.Sam, samples: list) -> dict:
+def evaluate(model: minisam.Sam, samples: list) -> dict:
     """train_toy's held-out metrics on these images (box mIoU, 1-click mIoU, mIoU after 1..
     CLICKS clicks, ...), scored in the model's S x S frame, and the training loss on every
     one of their masks with fixed prompts."""
     model.eval()
-    trainer = train_toy.InteractiveTraining(model, ITERATIONS, no_click_passes=0)
+    trainer = train_toy.InteractiveTraining(model, SETTINGS.iters, SETTINGS.no_click_passes)
     batches, loss, groups = [], 0.0, [[]]
     for sample in samples:  # whole images, about EVAL_TARGETS masks a group
         if sum(len(s.masks) for s in groups[-1]) >= EVAL_TARGETS:
@@ -378,7 +419,7 @@ def score(model: minisam.Sam, samples: list) -> dict:
         embeddings = load_embeddings(group, model.device)
         targets = torch.cat([targets_of(s, range(len(s.masks))) for s in group])
         index = torch.cat([torch.full((len(s.masks),), j) for j, s in enumerate(group)])
-        batches.append(train_toy.evaluate_targets(model, embeddings, targets, index, CLICKS))
+        batches.append(train_toy.score_targets(model, embeddings, targets, index, CLICKS))
         generator = torch.Generator().manual_seed(i)
         loss += trainer.from_embeddings(embeddings[index.to(model.device)],
                                         targets.to(model.device), generator)[0].item() * len(targets)
@@ -408,47 +449,39 @@ def examples(model: minisam.Sam, samples: list) -> list:
     return answers
 
 
-def draw_examples(path: Path, samples: list, before: list, after: list, S: int) -> None:
-    """Each held-out sample in a row: the truth, then box and click answers before and after.
-    The truth is a white outline edged in black; a prediction is what stays bright (the rest
-    is dimmed), so neither depends on the image's colours."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.patheffects as effects
-    import matplotlib.pyplot as plt
-    edge = [effects.withStroke(linewidth=3.5, foreground="black")]
-    fig, axes = plt.subplots(len(samples), 5, figsize=(12, 2.6 * len(samples)), squeeze=False)
+def draw_examples(args, metrics: dict, samples: list, before: list, after: list) -> None:
+    """OUT/examples.png: each held-out sample in a row, the mask `examples` asks for, then
+    the box's and the click's answers before and after, drawn by train_toy's rules (its
+    "Pictures"), under the run's box mIoU before and after."""
+    plt, S = train_toy.pyplot(), CONFIGS[args.config].image_size
+    fig, axes = plt.subplots(len(samples), 5, figsize=(13, 2.9 * len(samples) + 1.2),
+                             squeeze=False, layout="constrained")
     for row, sample, old, new in zip(axes, samples, before, after):
         image = model_frame(read_image(sample.image), S)
-        h, w = image.shape[:2]
-        target = targets_of(sample, [len(sample.masks) // 2])[0]
-        x0, y0, x1, y1 = minisam.batched_mask_to_box(target).tolist()
-        (cx, cy), = train_toy.interior_point(target[None]).tolist()
-        panels = [("the mask to find", None, None)] + [
-            (f"{when}, {prompt}", answers[prompt], prompt)
-            for prompt in ("box", "click") for when, answers in (("before", old), ("after", new))]
-        for ax, (title, answer, prompt) in zip(row, panels):
-            shown = image / 255.0
-            if answer is not None:
-                mask, predicted = answer
-                shown = np.where(mask[:h, :w, None].numpy(), shown, 0.3 * shown)
-                iou = minisam.mask_iou(mask, target).item()
-                title += f"\nIoU {iou:.2f} (predicted {predicted:.2f})"
-            ax.imshow(shown, interpolation="nearest")
-            ax.contour(target[:h, :w].numpy(), levels=[0.5], colors="white", linewidths=1.5,
-                       path_effects=edge)
-            if prompt == "box":
-                ax.add_patch(matplotlib.patches.Rectangle(
-                    (x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color="white",
-                    linewidth=1.5, linestyle="--", path_effects=edge))
-            if prompt == "click":
-                ax.plot([cx], [cy], "*", color="lime", markersize=14, markeredgecolor="black")
-            ax.set_title(title, fontsize=9)
-            ax.axis("off")
-    fig.suptitle("held-out images: the truth in white; what the model predicts stays bright")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        truth = targets_of(sample, [len(sample.masks) // 2])  # (1, S, S)
+        box = minisam.batched_mask_to_box(truth)[0].numpy()
+        click = train_toy.interior_point(truth).numpy()  # (1, 2): where examples() clicks
+        truth = truth[0].numpy()
+        train_toy.mask_panel(row[0], image, truth=truth, colour=True,
+                             title=f"held-out {sample.image.name}\nthe mask to find")
+        for ax, (prompt, when, answers) in zip(row[1:], [(p, w, a) for p in ("box", "click")
+                                                         for w, a in (("before", old),
+                                                                      ("after", new))]):
+            mask, predicted = answers[prompt]
+            mask = mask.numpy()
+            train_toy.mask_panel(ax, image, mask, truth,
+                                 *((click, [1]) if prompt == "click" else ()),
+                                 box=box if prompt == "box" else None,
+                                 title=f"{when}, {'a box' if prompt == 'box' else 'one click'}\n"
+                                       f"{train_toy.scores(predicted, mask, truth)}")
+    fig.suptitle(f"{args.checkpoint or 'random weights'} on held-out images, before and after "
+                 f"{metrics['steps']} steps of `finetune.py` ("
+                 f"{'the whole model' if args.train_encoder else 'decoder only'})\nbox mIoU on "
+                 f"all {metrics['held_out_images']} held-out images: "
+                 f"{metrics['before']['box_miou']:.3f} before, "
+                 f"{metrics['after']['box_miou']:.3f} after")
+    train_toy.legend(fig, "mask", "truth", "positive", "box")
+    train_toy.save_figure(fig, args.out / "examples.png")
 
 
 ROWS = [("box_miou", "box mIoU"), ("one_click_miou", "1-click mIoU (IoU head picks)"),
@@ -494,17 +527,11 @@ def parse_args(argv=None):
                    help="score --checkpoint and, if there is one, OUT/ckpt.pt; no training")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda...")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--export-toy", type=Path, metavar="DIR",
-                   help="write --images toy-world images in SA-1B's layout to DIR, and stop")
-    p.add_argument("--images", type=int, default=200, help="with --export-toy: how many")
-    p.add_argument("--shifted", action="store_true",
-                   help="with --export-toy: in the shifted style (striped regions)")
     args = p.parse_args(argv)
-    if args.export_toy is None and args.data is None:
-        p.error("--data is required (or --export-toy DIR)")
-    for name in ("steps", "images"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.data is None:
+        p.error("--data is required")
+    if args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
     if not args.lr > 0:
         p.error(f"--lr must be > 0, got {args.lr}")
     if not 0 < args.val_fraction <= 1:
@@ -521,9 +548,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.export_toy is not None:
-        export_toy(args.export_toy, args.images, args.shifted)
-        return
     start = time.time()
     device = train_toy.pick_device(args.device)
     config = CONFIGS[args.config]
@@ -558,7 +582,7 @@ def main(argv=None):
     cache_embeddings(base, val, cache)
     metrics = {"data": str(args.data), "config": args.config, "checkpoint": str(args.checkpoint),
                "train_encoder": args.train_encoder, "train_images": len(train),
-               "held_out_images": len(val), "before": score(base, val)}
+               "held_out_images": len(val), "before": evaluate(base, val)}
     shown = val[:EXAMPLES]
     before = examples(base, shown)  # base is trained in place below
 
@@ -574,104 +598,16 @@ def main(argv=None):
         history = train_model(model, train, state, args)
     if model is not None:
         cache_embeddings(model, val, cache)  # already there, unless the encoder trained
-        metrics["after"] = score(model, val)
-        draw_examples(args.out / "examples.png", shown, before, examples(model, shown), S)
+        metrics["after"] = evaluate(model, val)
         metrics.update(steps=history[-1]["step"] if history else 0,
                        train_minutes=history[-1]["minutes"] if history else 0.0)
+        draw_examples(args, metrics, shown, before, examples(model, shown))
     metrics["minutes"] = (time.time() - start) / 60
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(table(metrics))
     print(f"{metrics['minutes']:.1f} minutes in all; wrote {args.out / 'metrics.json'}"
           + (f" and {args.out / 'examples.png'}" if "after" in metrics else ""))
-
-
-def train_model(model: minisam.Sam, train: list, state: dict, args) -> list:
-    """Train `model` in place to --steps, from `state` (OUT/ckpt.pt) if resumed, saving
-    OUT/ckpt.pt every SAVE_EVERY steps and at the end. Returns the history of the steps."""
-    S, device = model.config.image_size, model.device
-    step, history = (state["step"], state["history"]) if state else (0, [])
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.train()
-    model.image_encoder.requires_grad_(args.train_encoder)
-    optimizer = train_toy.make_optimizer(model, args.lr, state and state["optimizer"])
-    trainer = train_toy.InteractiveTraining(model, ITERATIONS, no_click_passes=0)
-    minutes_before, started = history[-1]["minutes"] if history else 0.0, time.time()
-    while step < args.steps:
-        chosen, targets, index, generator = training_batch(train, args.seed, step)
-        if args.train_encoder:  # the encoder runs, with gradients, on every step's images
-            embeddings = encode(model, [model_frame(read_image(train[i].image), S)
-                                        for i in chosen])
-        else:  # the frozen encoder ran once per image, before training
-            embeddings = load_embeddings([train[i] for i in chosen], device)
-        for group in optimizer.param_groups:
-            group["lr"] = train_toy.learning_rate(step, args.steps, args.lr,
-                                                  warmup=max(1, args.steps // 10))
-        loss, parts = trainer.from_embeddings(embeddings[index.to(device)], targets.to(device),
-                                              generator)
-        train_toy.optimisation_step(optimizer, loss, step, args.out / "ckpt.pt")
-        step += 1
-        history.append({"step": step, "loss": loss.item(), **parts,
-                        "minutes": minutes_before + (time.time() - started) / 60})
-        if step % SAVE_EVERY == 0 or step == args.steps:
-            train_toy.save_checkpoint(args.out / "ckpt.pt", {
-                "model": model.state_dict(), "config": dataclasses.asdict(model.config),
-                "step": step, "seed": args.seed, "train_encoder": args.train_encoder,
-                "history": history, "optimizer": optimizer.state_dict()})
-        if step % 50 == 0 or step == args.steps:
-            print(f"step {step}/{args.steps}  loss {loss.item():.4f}  "
-                  f"{history[-1]['minutes']:.1f} min", flush=True)
-    return history
-
-
-# -----------------------------------------------------------------------------
-# 4. Toy data in SA-1B's layout
-# train_toy.make_world's images written as SA-1B stores photographs: NAME.png beside
-# NAME.json with one run-length "segmentation" per valid mask (wholes, parts, subparts).
-# --shifted draws the same worlds in a style the toy model never saw: every region, the
-# background included, striped.
-
-
-def shifted_style(image: np.ndarray, masks: np.ndarray, seed: int) -> np.ndarray:
-    """The same world drawn another way: every region (the part of a mask outside the masks
-    within it, or the background) striped in its own mean colour and that colour's
-    complement, at its own angle and period, with the world's pixel noise. The masks, and
-    so the answers, are unchanged; flat colours, the toy model's cue, are gone."""
-    rng = np.random.default_rng([seed, 1])  # another stream than make_world's
-    S = image.shape[0]
-    region = np.full((S, S), -1)  # -1: background; else the smallest mask holding the pixel
-    for k in np.argsort(-masks.sum((1, 2)), kind="stable"):
-        region[masks[k]] = k
-    yy, xx = np.mgrid[0:S, 0:S] + 0.5
-    out = np.empty((S, S, 3))
-    for k in np.unique(region):
-        inside = region == k
-        angle, period = rng.uniform(0, math.pi), rng.uniform(3, 7)  # period in pixels
-        light = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period) > 0
-        colour = image[inside].mean(0)
-        out[inside] = np.where(light[inside, None], colour, 255 - colour)
-    out += rng.normal(0, 6, out.shape)
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def export_toy(folder: Path, images: int, shifted: bool) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for seed in EXPORT_SEEDS[:images]:
-        image, masks, _ = train_toy.make_world(seed)
-        if shifted:
-            image = shifted_style(image, masks, seed)
-        name = f"toy_{seed}"
-        matplotlib.image.imsave(folder / f"{name}.png", image)
-        boxes = minisam.batched_mask_to_box(torch.from_numpy(masks)).tolist()
-        rles = minisam.mask_to_rle(torch.from_numpy(masks))
-        annotations = [{"id": k, "segmentation": rle, "area": minisam.area_from_rle(rle),
-                        "bbox": minisam.box_xyxy_to_xywh(box)}
-                       for k, (rle, box) in enumerate(zip(rles, boxes))]
-        record = {"image": {"image_id": seed, "file_name": f"{name}.png",
-                            "height": image.shape[0], "width": image.shape[1]},
-                  "annotations": annotations}
-        (folder / f"{name}.json").write_text(json.dumps(record))
-    print(f"wrote {images} images and their masks to {folder}/")
 
 
 if __name__ == "__main__":

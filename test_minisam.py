@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 
 import matplotlib.image
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -1362,7 +1361,8 @@ def test_a_fresh_decoder_already_looks_up_positions(seed):
 
 def train(out, *flags):
     train_toy.main(["--out", str(out), "--images-per-step", "2", "--targets-per-image", "3",
-                    "--iters", "3", "--warmup", "2", "--lr", "3e-3", *flags])
+                    "--iters", "3", "--warmup", "2", "--lr", "3e-3", "--small-steps", "1",
+                    *flags])
     return torch.load(out / "ckpt.pt", weights_only=True)
 
 
@@ -1417,7 +1417,8 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
     checkpoint on disk is always complete (written to a temporary file, then renamed), and
     resuming from it reproduces the uninterrupted run exactly."""
     flags = ["--steps", "40", "--save-every", "1", "--images-per-step", "2",
-             "--targets-per-image", "3", "--iters", "3", "--warmup", "2", "--lr", "3e-3"]
+             "--targets-per-image", "3", "--iters", "3", "--warmup", "2", "--lr", "3e-3",
+             "--small-steps", "32"]
     killed = tmp_path / "killed"
     # the same thread count as this process, whatever the environment says: another count
     # sums in another order, and the runs would differ in the last bits
@@ -1437,18 +1438,22 @@ def test_run_killed_at_any_instant_resumes_to_the_uninterrupted_result(tmp_path,
     process.wait()
     state = torch.load(killed / "ckpt.pt", weights_only=True)  # complete, or this raises
     assert 1 <= state["step"] < 40, "the run should have been killed before it finished"
-    resumed = train(killed, "--steps", "40", "--save-every", "40", "--resume")
-    straight = train(tmp_path / "straight", "--steps", "40", "--save-every", "40")
+    resumed = train(killed, "--steps", "40", "--save-every", "40", "--small-steps", "32",
+                    "--resume")
+    straight = train(tmp_path / "straight", "--steps", "40", "--save-every", "40",
+                     "--small-steps", "32")
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     for key, value in straight["model"].items():
         assert torch.equal(resumed["model"][key], value), key
 
 
 @slow
-def test_resuming_with_another_seed_is_refused(tmp_path, tiny_evaluation):
+def test_resuming_with_another_seed_or_more_small_steps_is_refused(tmp_path, tiny_evaluation):
     train(tmp_path, "--steps", "2")
     with pytest.raises(SystemExit, match="trained with --seed 0; resuming with --seed 1"):
         train(tmp_path, "--steps", "3", "--resume", "--seed", "1")
+    with pytest.raises(SystemExit, match="at full size at step 2, within --small-steps 3"):
+        train(tmp_path, "--steps", "4", "--resume", "--small-steps", "3")
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2  # untouched
 
 
@@ -1505,14 +1510,14 @@ def test_growing_the_model_carries_adams_moments_where_shapes_stay():
 
 @slow
 def test_a_checkpoint_of_the_small_steps_evaluates_at_full_size(tmp_path, tiny_evaluation):
-    """--small-fraction 0.5 of 6 steps: the checkpoint at step 2 holds the 32-px model;
+    """--small-steps 3 of 6 steps: the checkpoint at step 2 holds the 32-px model;
     --eval-only grows it and scores the full-size held-out images."""
-    state = train(tmp_path, "--steps", "6", "--small-fraction", "0.5", "--save-every", "2")
+    state = train(tmp_path, "--steps", "6", "--small-steps", "3", "--save-every", "2")
     assert state["config"]["image_size"] == 64 and state["step"] == 6
-    small = train(tmp_path / "small", "--steps", "2", "--small-fraction", "0.5")
+    small = train(tmp_path / "small", "--steps", "2", "--small-steps", "1")
     assert small["config"]["image_size"] == 64  # the run ended: it grew before its end
     interrupted = tmp_path / "interrupted"
-    train(interrupted, "--steps", "6", "--small-fraction", "0.5", "--save-every", "1")
+    train(interrupted, "--steps", "6", "--small-steps", "3", "--save-every", "1")
     (interrupted / "metrics.json").unlink()
     checkpoint = torch.load(interrupted / "ckpt.pt", weights_only=True)
     first = dict(checkpoint, step=2, history=checkpoint["history"][:2])
@@ -1617,7 +1622,8 @@ def test_data_parallel_run_on_two_cpu_processes(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          "train_toy.py", "--out", str(out), "--steps", "3", "--images-per-step", "1",
-         "--targets-per-image", "2", "--iters", "2", "--warmup", "1", "--device", "cpu"],
+         "--targets-per-image", "2", "--iters", "2", "--warmup", "1", "--small-steps", "2",
+         "--device", "cpu"],
         cwd=Path(__file__).parent, capture_output=True, text=True, timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -1674,7 +1680,8 @@ def test_predictor_and_generator_make_their_tensors_where_their_inputs_are():
 def test_bad_flags_are_argparse_errors(capsys):
     for flags in (["--steps", "0"], ["--config", "vit_x"], ["--lr", "-1"], ["--device", "gpu9"],
                   ["--steps", "ten"], ["--no-click-passes", "3"],
-                  ["--iters", "2", "--no-click-passes", "2"],
+                  ["--iters", "2", "--no-click-passes", "2"], ["--small-steps", "-1"],
+                  ["--steps", "100"],
                   *(["--device", kind] for kind in ABSENT_DEVICES)):
         with pytest.raises(SystemExit) as err:
             train_toy.parse_args(flags)
@@ -1749,528 +1756,14 @@ def test_every_picture_exists_and_is_drawn_by_code():
                 f"{doc.name} shows {link}, which no figure code draws"
 
 
-# -----------------------------------------------------------------------------
-# The data engine in miniature (lessons/data_engine.py)
-
-
-def fraction(x):
-    return isinstance(x, float) and 0 <= x <= 1
-
-
-@slow
-def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
-    data_engine = lessons_module("data_engine")
-    threads = torch.get_num_threads()
-    data_engine.main(["--out", str(tmp_path), "--quick", "--threads", "1"])
-    assert torch.get_num_threads() == threads  # main gives the caller's thread count back
-    results = json.loads((tmp_path / "data_engine.json").read_text())
-    for name in ("clicks_per_mask.png", "masks_per_image.png", "final_comparison.png",
-                 "labels.png"):
-        assert (tmp_path / name).stat().st_size > 0
-    assert results["brush"] is True and results["quick"] is True  # the paper's annotator
-    budget = data_engine.QUICK
-    assert results["budget"] == {k: getattr(budget, k) for k in results["budget"]}
-    objects = [len(masks) for _, masks in data_engine.engine_world(budget, seed=0)]
-    rounds = results["stage1"]["rounds"]
-    assert len(rounds) == budget.stage1_rounds
-    start = budget.seed_images
-    for r in rounds:
-        asked = sum(objects[start:start + budget.stage1_images_per_round])
-        start += budget.stage1_images_per_round
-        assert isinstance(r["masks"], int) and fraction(r["miou"]) and r["clicks_per_mask"] >= 0
-        assert r["masks_per_image"] == pytest.approx(r["masks"] / budget.stage1_images_per_round)
-        assert r["accepted_fraction"] == pytest.approx(r["masks"] / asked)
-        # every object is labelled: accepted from the model's clicks, or brushed
-        assert r["masks"] + r["brushed_masks"] == asked
-        assert (r["brush_pixels_per_mask"] > 0) == (r["brushed_masks"] > 0)
-    assert results["stage1"]["masks_per_image"] == pytest.approx(
-        sum(r["masks"] for r in rounds) / (budget.stage1_rounds * budget.stage1_images_per_round))
-    stage2 = results["stage2"]
-    drawn = stage2["prefilled_masks"] + stage2["clicked_masks"]
-    assert drawn + stage2["brushed_masks"] == sum(objects[start:start + budget.stage2_images])
-    assert stage2["masks_per_image"] == pytest.approx(drawn / budget.stage2_images)
-    assert stage2["prefilled_fraction"] == pytest.approx(stage2["prefilled_masks"] / max(drawn, 1))
-    assert stage2["clicks_per_mask"] >= 0 and stage2["brush_pixels_per_mask"] >= 0
-    for key in ("precision", "recall"):
-        assert fraction(results["stage3"][key])
-        assert fraction(results["stage3"]["pseudo_labelling_with_seed_model"][key])
-    final = results["final"]
-    assert fraction(final["miou_engine"]) and fraction(final["miou_ground_truth"])
-    assert final["ratio"] == pytest.approx(final["miou_engine"] / final["miou_ground_truth"])
-    # the ground-truth model trains on every true mask of every image the engine saw; the
-    # engine's on as many for the seed set and stages 1 and 2, then stage 3's masks
-    assert final["ground_truth_masks"] == sum(objects)
-    assert final["engine_masks"] == sum(objects[:-budget.stage3_images]) + round(
-        results["stage3"]["masks_per_image"] * budget.stage3_images)
-
-
-def test_lesson_8_quotes_the_shipped_data_engine_run():
-    """Lesson 8's default column is lessons/figures/data_engine/data_engine.json, the run
-    that drew its figures: the two cannot drift apart."""
-    run = json.loads((ROOT / "lessons/figures/data_engine/data_engine.json").read_text())
-    lesson = (ROOT / "lessons" / "08_data_engine.md").read_text()
-    budget = dataclasses.asdict(lessons_module("data_engine").Budget())
-    assert run["brush"] and run["budget"] == budget  # the default command's run
-    rounds, stage2, final = run["stage1"]["rounds"], run["stage2"], run["final"]
-
-    def per_round(key, form, last=None):
-        return ", ".join(form.format(r[key]) for r in rounds) + (
-            "" if last is None else "; " + form.format(last))
-
-    quoted = [per_round("miou", "{:.3f}", stage2["after_retraining"]["miou"]),
-              per_round("accepted_fraction", "{:.0%}"),
-              per_round("clicks_per_mask", "{:.0f}", stage2["clicks_per_mask"]),
-              per_round("brush_pixels_per_mask", "{:.0f}", stage2["brush_pixels_per_mask"]),
-              f"{run['stage1']['masks_per_image']:.2f}; {stage2['masks_per_image']:.2f} "
-              f"({stage2['prefilled_fraction']:.0%})",
-              f"{run['stage3']['masks_per_image']:.1f}, {run['stage3']['precision']:.2f}, "
-              f"{run['stage3']['recall']:.2f}",
-              f"{final['miou_engine']:.3f} / {final['miou_ground_truth']:.3f} "
-              f"({final['ratio']:.1%})"]
-    for text in quoted:
-        assert f"| {text} |" in lesson, text
-
-
-@slow
-def test_data_engine_training_stops_on_a_non_finite_loss_before_the_weights_take_it():
-    data_engine = lessons_module("data_engine")
-    torch.manual_seed(0)
-    model = Sam(dataclasses.replace(CONFIGS["toy"], image_size=32))
-    labelled = [train_toy.make_sample(seed, 32) for seed in (1, 2)]
-    with torch.no_grad():
-        model.mask_decoder.iou_token.weight[0, 0] = float("nan")  # every loss is NaN from step 1
-    before = {name: p.clone() for name, p in model.named_parameters()}
-    with pytest.raises(SystemExit, match="step 1: the loss is nan; stopping.$"):
-        data_engine.train_on_labels(model, labelled, steps=3, seed=0, log=lambda *a: None)
-    assert all(torch.allclose(p, before[name], rtol=0, atol=0, equal_nan=True)
-               for name, p in model.named_parameters())  # no step was taken
-
-
-@slow
-def test_data_engine_annotator_accepts_only_good_masks_and_counts_clicks():
-    """The disc stub (disc_sam) draws roughened discs around the first click, and one of
-    radius 12 from the second click on: at accept_iou 0.6 it gets a radius-12 disc at once, a
-    radius-10 one after a correction, and never a large or small disc or a bar."""
-    data_engine = lessons_module("data_engine")
-    model = disc_sam().eval()
-    images = [toy_photo(64, 64, seed=3)] * 2
-    yy, xx = np.mgrid[0:64, 0:64] + 0.5
-
-    def disc(cy, cx, r):
-        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
-
-    bar = (yy > 30) & (yy < 33) & (xx > 5) & (xx < 60)
-    first = np.array([disc(44, 20, 5), disc(40, 44, 10), bar, disc(20, 20, 12)])
-    second = np.array([disc(32, 32, 18), disc(20, 20, 12)])
-    drawn, clicks, accepted = data_engine.click_until_accepted(
-        model, images, [first, second], click_budget=3, accept_iou=0.6)
-    assert clicks.tolist() == [3, 2, 3, 1, 3, 1]  # the unfinished ones spent the whole budget
-    assert accepted.tolist() == [False, True, False, True, False, True]
-    truth = torch.from_numpy(np.concatenate([first, second]))
-    ious = minisam.mask_iou(torch.from_numpy(drawn), truth)
-    assert ((ious >= 0.6) == torch.from_numpy(accepted)).all()
-
-    # the paper's annotator (the default): the model's masks where the clicks finished them,
-    # then the true masks it brushed; the brush's work is where the last mask was wrong
-    one, two = data_engine.annotate(model, images, [first, second], click_budget=3,
-                                    accept_iou=0.6)
-    assert one["clicks"].tolist() == [3, 2, 3, 1] and two["clicks"].tolist() == [3, 1]
-    assert one["accepted"].tolist() == [False, True, False, True]
-    assert np.array_equal(one["masks"], np.stack([drawn[1], drawn[3], first[0], first[2]]))
-    assert np.array_equal(two["masks"], np.stack([drawn[5], second[0]]))
-    painted = (drawn ^ truth.numpy()).sum((1, 2))
-    assert (painted[~accepted] > 0).all()
-    assert one["brush"].tolist() == [painted[0], 0, painted[2], 0]
-    assert two["brush"].tolist() == [painted[4], 0]
-    assert data_engine.annotation_cost([one, two]) == {
-        "clicks_per_mask": 13 / 3, "masks": 3, "masks_per_image": 1.5,
-        "accepted_fraction": 3 / 6, "brushed_masks": 3,
-        "brush_pixels_per_mask": painted[~accepted].sum() / 6}
-
-    # the annotator without a brush spends the same clicks and keeps only the model's masks
-    one, two = data_engine.annotate(model, images, [first, second], click_budget=3,
-                                    accept_iou=0.6, give_up=True)
-    assert one["clicks"].tolist() == [3, 2, 3, 1] and two["clicks"].tolist() == [3, 1]
-    assert np.array_equal(one["masks"], drawn[[1, 3]])
-    assert np.array_equal(two["masks"], drawn[5:])
-    assert one["brush"].tolist() == [0] * 4 and two["brush"].tolist() == [0] * 2
-    assert data_engine.annotation_cost([one, two]) == {
-        "clicks_per_mask": 13 / 3, "masks": 3, "masks_per_image": 1.5,
-        "accepted_fraction": 3 / 6, "brushed_masks": 0, "brush_pixels_per_mask": 0.0}
-
-    # with a budget of one click, every mask costs exactly the first click and the
-    # radius-10 disc needs the brush too; an image with nothing to label costs nothing
-    once, empty = data_engine.annotate(model, images, [first, first[:0]], click_budget=1,
-                                       accept_iou=0.6)
-    assert once["clicks"].tolist() == [1] * 4
-    assert once["accepted"].tolist() == [False, False, False, True]
-    assert np.array_equal(once["masks"], np.stack([drawn[3], first[0], first[1], first[2]]))
-    assert empty["masks"].shape == (0, 64, 64) and empty["clicks"].shape == (0,)
-    assert data_engine.annotation_cost([empty]) == {
-        "clicks_per_mask": 0.0, "masks": 0, "masks_per_image": 0.0, "accepted_fraction": 0.0,
-        "brushed_masks": 0, "brush_pixels_per_mask": 0.0}
-
-
-@pytest.mark.parametrize("argv", [["--quick"], ["--out", "x", "--seed-steps", "0"],
-                                  ["--out", "x", "--accept-iou", "1.5"],
-                                  ["--out", "x", "--threads", "0"],
-                                  ["--out", "x", "--rounds", "3"],
-                                  ["--out", "x", "--brush"]])  # the brush is no longer a flag
-def test_data_engine_rejects_bad_arguments(argv):
-    data_engine = lessons_module("data_engine")
-    with pytest.raises(SystemExit) as e:
-        data_engine.parse_args(argv)
-    assert e.value.code == 2
-
-
-@slow
-def test_data_engine_gives_up_only_when_asked(tmp_path):
-    data_engine = lessons_module("data_engine")
-    assert not data_engine.parse_args(["--out", "x"]).give_up
-    assert data_engine.parse_args(["--out", "x", "--give-up"]).give_up
-    results = data_engine.main(["--out", str(tmp_path), "--quick", "--give-up", "--threads", "1",
-                                "--stage1-rounds", "1", "--stage2-images", "1", "--stage3-images",
-                                "1", "--eval-images", "1"])
-    assert results["brush"] is False
-    assert json.loads((tmp_path / "data_engine.json").read_text())["brush"] is False
-    rounds, stage2 = results["stage1"]["rounds"], results["stage2"]
-    for cost in (*rounds, stage2):
-        assert cost["brushed_masks"] == 0 and cost["brush_pixels_per_mask"] == 0
-    # the engine's labels: the seed set's, and only the masks the model drew after that
-    seed_set = data_engine.engine_world(data_engine.QUICK, seed=0)[:data_engine.QUICK.seed_images]
-    assert results["final"]["engine_masks"] == sum(len(m) for _, m in seed_set) + rounds[0][
-        "masks"] + stage2["prefilled_masks"] + stage2["clicked_masks"] + round(
-        results["stage3"]["masks_per_image"])
-
-
-@slow
-def test_data_engine_trains_its_small_steps_on_the_labels_downsized():
-    data_engine = lessons_module("data_engine")
-    image = np.zeros((64, 64, 3), np.uint8)
-    image[:, 32:] = 200
-    block, speck = np.zeros((2, 64, 64), bool)
-    block[10:20, 30:40] = True  # 10 x 10 px: 5 x 5 px at half the size
-    speck[50, 50] = True  # a quarter of a pixel at half the size: it vanishes
-    small = data_engine.downsized([(image, np.stack([block, speck])), (image, speck[None])], 32)
-    assert len(small) == 1  # the image left without a mask is dropped
-    small_image, masks = small[0]
-    assert small_image.dtype == np.uint8 and small_image.shape == (32, 32, 3)
-    assert (small_image[:, :16] == 0).all() and (small_image[:, 16:] == 200).all()
-    assert masks.shape == (1, 32, 32) and masks.sum() == 25 and masks[0, 5:10, 15:20].all()
-    # a training from scratch ends at full size, whatever size its first steps ran at
-    model = minisam.Sam(minisam.CONFIGS["toy"])
-    trained = data_engine.train_on_labels(model, [(image, np.stack([block]))], 2, seed=0,
-                                          from_scratch=True, log=lambda _: None)
-    assert trained.config == model.config and not trained.training
-
-
-# -----------------------------------------------------------------------------
-# The figures (lessons/make_figures.py)
-
-# the figures that draw a trained model: each must come from the checkpoint it is given
-TRAINED_MODEL_FIGURES = ("hero", "one_click_three_masks", "decoder_attention",
-                         "simulated_annotation", "miou_vs_clicks", "stability_score",
-                         "automatic_masks", "exported_decoder")
-
-
-@pytest.fixture
-def figures(tmp_path, monkeypatch):
-    """make_figures, writing into tmp_path/figures, on a few held-out images; its checkpoint
-    (set by main) and its loaded models are put back afterwards."""
-    make_figures = lessons_module("make_figures")
-    # the first six held-out images hold three objects of three levels (the hero's choice)
-    monkeypatch.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 6))
-    monkeypatch.setattr(train_toy, "AMG_EVAL_IMAGES", 2)
-    monkeypatch.setattr(make_figures, "DPI", 30)  # small pictures save faster
-    monkeypatch.setattr(make_figures, "FIGURES_DIR", tmp_path / "figures")
-    monkeypatch.setattr(make_figures, "CHECKPOINT", make_figures.CHECKPOINT)
-    monkeypatch.setattr(make_figures, "DEFAULT_RUN", None)
-    yield make_figures
-    make_figures._load.cache_clear()
-
-
-@slow
-def test_every_figure_of_a_trained_model_is_drawn_from_the_checkpoint_given(figures, tmp_path,
-                                                                            capsys):
-    # a random toy model (O(1) weights, so its masks are not empty) saved as train_toy saves
-    model = random_sam(CONFIGS["toy"], seed=0)
-    checkpoint = tmp_path / "toy.pt"
-    train_toy.save_checkpoint(checkpoint, {"model": model.state_dict(),
-                                           "config": dataclasses.asdict(model.config),
-                                           "step": 7, "seed": 0, "history": []})
-    assert set(TRAINED_MODEL_FIGURES) <= set(figures.FIGURES)
-    only = [arg for name in TRAINED_MODEL_FIGURES for arg in ("--only", name)]
-    figures.main(["--checkpoint", str(checkpoint), *only])
-    for name in TRAINED_MODEL_FIGURES:
-        picture = plt.imread(tmp_path / "figures" / f"{name}.png")
-        assert picture.ndim == 3 and min(picture.shape[:2]) > 60, name
-    assert f"{checkpoint} (7 steps)" in capsys.readouterr().out  # loaded once, from there
-    assert figures.model_label() == "toy.pt, 7 training steps"  # what the titles print
-
-
-@slow
-def test_the_figures_default_to_the_shipped_checkpoint_and_say_clearly_when_it_is_missing(
-        figures, tmp_path):
-    assert figures.CHECKPOINT == figures.SHIPPED == ROOT / "lessons" / "toy_sam.pt"
-    missing = tmp_path / "nowhere" / "toy_sam.pt"
-    with pytest.raises(SystemExit) as err:
-        figures.main(["--checkpoint", str(missing), "--only", "hero"])
-    assert str(missing) in str(err.value) and "lessons/toy_sam.pt" in str(err.value)
-    assert not (tmp_path / "figures" / "hero.png").exists()
-    # a figure with no trained model in it needs no checkpoint
-    figures.main(["--checkpoint", str(missing), "--only", "window_attention"])
-    assert (tmp_path / "figures" / "window_attention.png").stat().st_size > 0
-
-
-# -----------------------------------------------------------------------------
-# The click demo (lessons/click_demo.py), driven headless by synthetic events
-
-@pytest.fixture
-def click_demo():
-    return lessons_module("click_demo")
-
-
-def toy_demo(click_demo, image=None, **kwargs):
-    """A ClickDemo on an Agg canvas with a fresh toy model, on a non-square held-out image
-    unless one is given."""
-    torch.manual_seed(0)
-    model = Sam(CONFIGS["toy"]).eval()
-    if image is None:
-        image = train_toy.make_sample(train_toy.EVAL_SEEDS[0], 80)[0][:, 10:70]  # 80 x 60
-    return click_demo.ClickDemo(minisam.SamPredictor(model), image,
-                                click_demo.headless_figure(), **kwargs)
-
-
-def near(xy):
-    """Equal within a screen pixel (a panel shows this 80 x 60 image about 4 times enlarged):
-    mouse events land on whole screen pixels."""
-    return pytest.approx(xy, abs=0.2)
-
-
-def shows(click_demo, panel, masks) -> bool:
-    """The panel's picture is its image, opaque, with everything outside these masks dimmed
-    and each outlined (nothing, with no masks)."""
-    shown = [panel.resize(m) for m in masks]
-    inside = np.logical_or.reduce(shown) if masks else np.ones(panel.shown.shape[:2], bool)
-    expected = np.where(inside[..., None], panel.shown,
-                        (panel.shown * (1 - click_demo.DIM)).astype(np.uint8))
-    for mask in shown:
-        inner, outer = click_demo.edges(mask)
-        expected[outer], expected[inner] = 0, 255
-    picture = panel.picture.rgba
-    return (picture[..., 3] == 255).all() and np.array_equal(picture[..., :3], expected)
-
-
-def test_click_demo_left_click_adds_a_point_and_draws_three_masks_of_the_images_shape(click_demo):
-    demo = toy_demo(click_demo)
-    H, W = demo.image.shape[:2]
-    click_demo.send_click(demo, 20.0, 33.0)
-    assert demo.points == [near((20.0, 33.0))] and demo.labels == [1]
-    assert demo.masks.shape == (3, H, W) and demo.ious.shape == (3,)
-    # the same masks as asking the predictor directly: one ambiguous click, three answers
-    masks, ious, _ = demo.predictor.predict(np.array(demo.points), np.array([1]))
-    assert np.array_equal(demo.masks, masks) and np.allclose(demo.ious, ious)
-    # each mask panel dims exactly the outside of its mask; the first panel, of the best one
-    prompt, *panels = demo.panels
-    for panel, mask in zip(panels, demo.masks):
-        assert shows(click_demo, panel, [mask])
-    assert shows(click_demo, prompt, [demo.masks[ious.argmax()]])
-    for panel in demo.panels:  # the click is drawn on every panel, as a foreground point
-        assert panel.positives.get_xydata().tolist() == [list(demo.points[0])]
-        assert len(panel.negatives.get_xydata()) == 0
-    assert "predicted IoU" in panels[0].ax.get_title()  # and the number under the picture:
-    assert [p.note.get_text() for p in panels] == [f"{iou:.2f}" for iou in ious]
-    assert [p.note.get_fontweight() for p in panels] == [
-        "bold" if k == ious.argmax() else "normal" for k in range(3)]
-
-
-def test_click_demo_right_click_is_a_background_point_and_two_clicks_give_one_mask(click_demo):
-    demo = toy_demo(click_demo)
-    H, W = demo.image.shape[:2]
-    click_demo.send_click(demo, 40.0, 10.0, button=click_demo.MouseButton.RIGHT)
-    assert demo.labels == [0] and demo.points == [near((40.0, 10.0))]
-    first_best = demo.predictor.predict(np.array(demo.points), np.array([0]))[2][
-        demo.ious.argmax()]
-    click_demo.send_click(demo, 15.0, 50.0)
-    assert demo.labels == [0, 1] and demo.masks.shape == (1, H, W)
-    # no longer ambiguous: the single-output head, refining the first click's best mask
-    masks, _, _ = demo.predictor.predict(np.array(demo.points), np.array([0, 1]),
-                                         mask_input=first_best[None], multimask_output=False)
-    assert np.array_equal(demo.masks, masks)
-    assert demo.panels[0].negatives.get_xydata().tolist() == [list(demo.points[0])]
-    assert demo.panels[3].note.get_text() == ""  # the third mask panel has nothing to show
-
-
-def test_click_demo_drag_is_a_box_prompt_clipped_to_the_image(click_demo):
-    demo = toy_demo(click_demo)
-    H, W = demo.image.shape[:2]
-    click_demo.send_click(demo, 50.0, 60.0, to=(10.0, 20.0))  # dragged up and to the left
-    assert demo.box == near([10.0, 20.0, 50.0, 60.0]) and demo.points == []
-    masks, _, _ = demo.predictor.predict(box=np.array(demo.box), multimask_output=False)
-    assert demo.masks.shape == (1, H, W) and np.array_equal(demo.masks, masks)
-    x, y = demo.panels[1].box.get_xy()
-    assert demo.panels[1].box.get_visible() and [x, y] == demo.box[:2]
-    click_demo.send_click(demo, 5.0, 5.0, to=(W + 30.0, H + 30.0))  # ends outside the axes
-    assert demo.box == near([5.0, 5.0, W - 1, H - 1])
-
-
-@slow
-def test_click_demo_automatic_key_draws_the_records_and_escape_clears(click_demo):
-    torch.manual_seed(0)
-    model = Sam(CONFIGS["toy"]).eval()
-    # no thresholds: a random model's masks pass, so there is something to draw
-    automatic = minisam.SamAutomaticMaskGenerator(model, points_per_side=3, pred_iou_thresh=0,
-                                                  stability_score_thresh=0)
-    image = train_toy.make_sample(train_toy.EVAL_SEEDS[1])[0]
-    demo = click_demo.ClickDemo(minisam.SamPredictor(model), image,
-                                click_demo.headless_figure(), automatic=automatic)
-    click_demo.send_click(demo, 30.0, 30.0)
-    click_demo.send_key(demo, "a")
-    records = automatic.generate(image)
-    assert len(demo.records) == len(records) > 0
-    assert all(np.array_equal(a["segmentation"], b["segmentation"])
-               for a, b in zip(demo.records, records))
-    # tinted where a mask is (a tint half-way to a random colour changes almost every
-    # pixel), outlined, and untouched elsewhere
-    prompt = demo.panels[0]
-    shown = [prompt.resize(r["segmentation"]) for r in records]
-    union = np.logical_or.reduce(shown)
-    around = np.logical_or.reduce([click_demo.edges(m)[1] for m in shown])  # black outlines
-    picture = prompt.picture.rgba[..., :3]
-    changed = (picture != prompt.shown).any(-1)
-    assert not changed[~union & ~around].any() and changed[union].mean() > 0.99
-    assert (picture[around & ~union] == 0).all()
-    assert demo.points == [] and demo.masks is None  # the prompts made way
-    assert str(len(records)) in demo.status.get_text()
-    click_demo.send_key(demo, "escape")
-    assert demo.records is None
-    for panel in demo.panels:
-        assert shows(click_demo, panel, [])
-
-
-def test_click_demo_next_image_key_encodes_it_and_clears_the_prompts(click_demo):
-    sample = train_toy.make_sample(train_toy.EVAL_SEEDS[2], 48)
-    demo = toy_demo(click_demo, next_sample=lambda: sample)
-    click_demo.send_click(demo, 20.0, 20.0)
-    click_demo.send_key(demo, "n")
-    assert demo.image is sample[0] and demo.truth is sample[1]
-    assert demo.predictor.original_size == (48, 48) and demo.points == []
-    assert demo.axes[0].get_xlim() == (-0.5, 47.5)
-    click_demo.send_click(demo, 20.0, 20.0)  # true IoUs against the new image's masks
-    assert demo.masks.shape == (3, 48, 48) and "true IoU" in demo.panels[1].ax.get_title()
-    assert len(demo.panels[1].note.get_text().split(", ")) == 2  # predicted, true
-
-
-def test_click_demo_edges_are_the_pixels_on_either_side_of_the_border(click_demo):
-    mask = np.zeros((4, 5), bool)
-    mask[2, 3] = True
-    inner, outer = click_demo.edges(mask)
-    assert np.array_equal(inner, mask)  # a single pixel is all border
-    assert sorted(zip(*np.nonzero(outer))) == [(1, 3), (2, 2), (2, 4), (3, 3)]  # 4-neighbours
-    inner, outer = click_demo.edges(np.ones((3, 3), bool))  # the image's border is a border
-    assert inner.sum() == 8 and not inner[1, 1] and not outer.any()
-
-
-def test_click_demo_pictures_keep_the_images_pixel_frame(click_demo):
-    for shape in ((64, 64, 3), (1000, 700, 3)):  # a toy image shown larger, a photo smaller
-        demo = toy_demo(click_demo, image=np.zeros(shape, np.uint8))
-        panel = demo.panels[1]
-        side = max(panel.shown.shape[:2])
-        assert click_demo.DISPLAY_SIDE * 0.75 < side <= click_demo.DISPLAY_SIDE
-        width, height = panel.picture.extent  # image pixels, from (-0.5, -0.5)
-        assert width >= shape[1] and height >= shape[0]
-        assert demo.axes[1].get_xlim() == (-0.5, shape[1] - 0.5)
-
-
-def test_click_demo_draws_its_pictures_pixel_for_pixel_as_imshow_does(click_demo):
-    """ScreenPicture is imshow(interpolation="none") made fast: on the same axes, the two
-    must put the same screen pixels, also for a picture spanning more than the axes show
-    (as a large image's does) and when zoomed in off-centre."""
-    rgba = np.random.default_rng(0).integers(0, 256, (37, 51, 4), dtype=np.uint8)
-    rgba[..., 3] = 255
-    extent = (51 * 3.1, 37 * 3.1)  # a picture pixel covers 3.1 image pixels
-    for xlim, ylim in (((-0.5, 149.5), (109.5, -0.5)), ((20.3, 70.8), (90.2, 41.7))):
-        drawn = []
-        for fast in (True, False):
-            fig = click_demo.headless_figure()
-            ax = fig.add_axes((0.1, 0.1, 0.33, 0.8))
-            if fast:
-                click_demo.ScreenPicture(ax, rgba, extent)
-            else:
-                ax.imshow(rgba, interpolation="none",
-                          extent=(-0.5, extent[0] - 0.5, extent[1] - 0.5, -0.5))
-            ax.set(xlim=xlim, ylim=ylim, aspect="equal")
-            ax.set_axis_off()
-            fig.canvas.draw()
-            drawn.append(np.asarray(fig.canvas.buffer_rgba()).copy())
-        assert (drawn[1] != 255).any()  # imshow drew something there
-        assert np.array_equal(drawn[0], drawn[1])
-
-
-def test_click_demo_reads_png_and_jpeg_and_rejects_bad_files(click_demo, tmp_path):
-    import matplotlib.image
-    rgb = train_toy.make_sample(3, 40)[0][:, :30]
-    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
-    for name, data in (("rgb.png", rgb), ("rgba.png", rgba)):
-        matplotlib.image.imsave(tmp_path / name, data)
-        assert np.array_equal(click_demo.load_image(tmp_path / name), rgb)
-    from PIL import Image  # matplotlib's own image library: grey PNGs, 8 and 16 bits deep
-    grey = rgb[..., 0]
-    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
-    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
-    for name in ("grey.png", "grey16.png"):
-        assert np.array_equal(click_demo.load_image(tmp_path / name), np.dstack([grey] * 3))
-    matplotlib.image.imsave(tmp_path / "photo.jpg", rgb, pil_kwargs={"quality": 95})
-    photo = click_demo.load_image(tmp_path / "photo.jpg")
-    assert photo.dtype == np.uint8 and photo.shape == (40, 30, 3)
-    assert np.abs(photo.astype(int) - rgb).mean() < 10  # JPEG is lossy
-    (tmp_path / "notes.png").write_text("not an image")
-    for path, words in ((tmp_path / "missing.png", "no such file"),
-                        (tmp_path, "no such file"),
-                        (tmp_path / "notes.png", "not a readable image")):
-        with pytest.raises(ValueError, match=words) as e:
-            click_demo.load_image(path)
-        assert str(path) in str(e.value)
-
-
-def test_click_demo_command_saves_a_session_and_names_bad_paths(click_demo, tmp_path):
-    torch.manual_seed(0)
-    torch.save(Sam(CONFIGS["toy"]).state_dict(), tmp_path / "toy.pt")
-    picture = tmp_path / "session.png"
-    click_demo.main(["--checkpoint", str(tmp_path / "toy.pt"), "--save", str(picture)])
-    assert picture.stat().st_size > 0
-    for flags, words in ((["--image", str(tmp_path / "nope.jpg")], "nope.jpg"),
-                         (["--checkpoint", str(tmp_path / "nope.pt")], "nope.pt"),
-                         (["--save", str(tmp_path / "no" / "x.png")], "no folder")):
-        with pytest.raises(SystemExit) as e:
-            click_demo.main(["--save", str(tmp_path / "x.png"), *flags])
-        assert words in str(e.value.code)
-    assert not (tmp_path / "x.png").exists()
-    with pytest.raises(SystemExit) as e:  # --save and --benchmark are two ways to run
-        click_demo.parse_args(["--save", "x.png", "--benchmark"])
-    assert e.value.code == 2
-    import matplotlib.pyplot as plt
-    plt.switch_backend("agg")  # what matplotlib falls back to when there is no display
-    with pytest.raises(SystemExit) as e:  # a window was asked for, on a machine without one
-        click_demo.main(["--checkpoint", str(tmp_path / "toy.pt")])
-    assert "no display" in str(e.value.code) and "--save" in str(e.value.code)
-
-
-def test_click_demo_benchmark_times_the_round_trip_around_the_decoder(click_demo):
-    demo = toy_demo(click_demo)
-    t = click_demo.benchmark(demo, clicks=1)
-    # one click's round trip encloses its decoder run and its drawing (no speed is asserted)
-    assert t["round_trip"] >= t["decoder"] + t["drawing"] > 0 and t["encoder"] > 0
-    assert demo.masks.shape[0] == 3  # every benchmarked click starts from cleared prompts
-
 
 # -----------------------------------------------------------------------------
 # Fine-tuning on your own masks (finetune.py)
 
 
 def export(folder: Path, images: int, shifted: bool = False) -> Path:
-    finetune.main(["--export-toy", str(folder), "--images", str(images)]
-                  + (["--shifted"] if shifted else []))
+    train_toy.main(["--export-toy", str(folder), "--images", str(images)]
+                   + (["--shifted"] if shifted else []))
     return folder
 
 
@@ -2465,8 +1958,8 @@ def test_the_held_out_split_goes_by_file_name():
 
 def test_export_toy_writes_the_toy_world_and_its_shifted_style(tmp_path):
     normal, shifted = export(tmp_path / "normal", 2), export(tmp_path / "shifted", 2, True)
-    assert not set(finetune.EXPORT_SEEDS) & (set(train_toy.EVAL_SEEDS) | set(train_toy.TRAIN_SEEDS))
-    for a, b, seed in zip(read_all(normal), read_all(shifted), finetune.EXPORT_SEEDS):
+    assert not set(train_toy.EXPORT_SEEDS) & (set(train_toy.EVAL_SEEDS) | set(train_toy.TRAIN_SEEDS))
+    for a, b, seed in zip(read_all(normal), read_all(shifted), train_toy.EXPORT_SEEDS):
         image, masks, _ = train_toy.make_world(seed)
         assert np.array_equal(finetune.read_image(a.image), image)
         assert np.array_equal(frame_masks(a), masks) and np.array_equal(frame_masks(b), masks)
@@ -2495,7 +1988,8 @@ def snapshot(folder: Path) -> dict:
 def few_targets():
     """Steps of 2 images (16 masks), not 8: the same code, a quarter of the time."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(finetune, "IMAGES_PER_STEP", 2)
+        patch.setattr(finetune, "SETTINGS",
+                      dataclasses.replace(finetune.SETTINGS, images_per_step=2))
         yield
 
 
@@ -2562,16 +2056,16 @@ def test_resume_continues_the_same_run_and_eval_only_scores_it_again(toy_data, s
 @slow
 def test_non_finite_loss_stops_a_fine_tune_before_it_reaches_the_checkpoint(toy_data, few_targets,
                                                                             tmp_path, monkeypatch):
-    real_batch, real_embeddings, at = finetune.training_batch, finetune.load_embeddings, {}
+    real_batch, real_embeddings, at = finetune.sample_batch, finetune.load_embeddings, {}
 
-    def batch(samples, seed, step):  # remembers the step, so the 3rd step's embeddings are NaN
+    def batch(step, samples, settings):  # remembers the step: the 3rd step's embeddings are NaN
         at["step"] = step
-        return real_batch(samples, seed, step)
+        return real_batch(step, samples, settings)
 
     def embeddings(samples, device):
         return real_embeddings(samples, device) * (float("nan") if at.get("step") == 2 else 1.0)
 
-    monkeypatch.setattr(finetune, "training_batch", batch)
+    monkeypatch.setattr(finetune, "sample_batch", batch)
     monkeypatch.setattr(finetune, "load_embeddings", embeddings)
     monkeypatch.setattr(finetune, "SAVE_EVERY", 2)
     with pytest.raises(SystemExit, match="step 3: the loss is nan.*last good checkpoint"):
@@ -2614,8 +2108,8 @@ def test_finetune_reads_vit_b_from_a_raw_state_dict_of_the_official_shapes(tmp_p
     random weights of the official shapes saved as a raw state dict (sam_vit_b_01ec64.pth's
     format), two small JPEGs of other aspects whose masks go to 1024 px with them, one
     training step of the decoder, and an OUT/ckpt.pt that build_sam("vit_b") loads."""
-    monkeypatch.setattr(finetune, "IMAGES_PER_STEP", 1)  # one image, two masks: the same code
-    monkeypatch.setattr(finetune, "TARGETS_PER_IMAGE", 2)
+    monkeypatch.setattr(finetune, "SETTINGS", dataclasses.replace(  # one image, two masks:
+        finetune.SETTINGS, images_per_step=1, targets_per_image=2))  # the same code
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -2643,26 +2137,3 @@ def test_finetune_reads_vit_b_from_a_raw_state_dict_of_the_official_shapes(tmp_p
     for name in ("image_encoder.patch_embed.proj.weight", "mask_decoder.iou_prediction_head."
                  "layers.0.weight"):
         assert torch.equal(trained[name], start[name]) == name.startswith("image_encoder."), name
-
-
-@slow
-def test_the_finetuning_figure_fine_tunes_the_checkpoint_given(figures, tmp_path, monkeypatch,
-                                                                capsys):
-    """The figure runs lesson 10's command itself (here on 10 images for 2 steps of 2 images)
-    from the checkpoint make_figures is given, and draws its held-out images."""
-    model = random_sam(CONFIGS["toy"], seed=0)
-    checkpoint = tmp_path / "toy.pt"
-    train_toy.save_checkpoint(checkpoint, {"model": model.state_dict(),
-                                           "config": dataclasses.asdict(model.config),
-                                           "step": 7, "seed": 0, "history": []})
-    monkeypatch.setattr(figures, "FINETUNE_IMAGES", 10)
-    monkeypatch.setattr(finetune, "IMAGES_PER_STEP", 2)
-    run = finetune.main
-    monkeypatch.setattr(finetune, "main", lambda argv: run(argv + ["--steps", "2"]
-                                                           if "--data" in argv else argv))
-    figures.main(["--checkpoint", str(checkpoint), "--only", "finetuning"])
-    picture = plt.imread(tmp_path / "figures" / "finetuning.png")
-    assert picture.ndim == 3 and min(picture.shape[:2]) > 100
-    printed = capsys.readouterr().out
-    assert f"{checkpoint} (7 steps)" in printed  # the "before" model
-    assert "step 2/2" in printed and "held out: 2 images" in printed  # the run it fine-tuned

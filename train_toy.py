@@ -1,21 +1,25 @@
 """
 train_toy.py: train minisam the way the paper trains SAM, on a procedural world of shapes.
 
-    python train_toy.py                       # the toy model, from scratch, a few minutes on CPU
+    python train_toy.py                       # the toy model, from scratch, on a CPU
     python train_toy.py --eval-only           # evaluate out/ckpt.pt again
+    python train_toy.py --export-toy DIR --images 200 [--shifted]  # for finetune.py
     torchrun --standalone --nproc_per_node=2 train_toy.py  # data-parallel
 
-Three parts, in the order of the paper's appendix A:
+Three parts, in the order of the paper's appendix A, and pictures:
   1. the toy world: images of objects made of parts and subparts, so that one click is
      genuinely ambiguous (whole, part or subpart), with every valid mask as a target;
   2. training as simulated interactive annotation: a first prompt, corrective clicks in the
-     error region, the previous mask fed back, focal + dice + IoU losses;
+     error region, the previous mask fed back, focal + dice + IoU losses; and the training
+     loop (`train`, with `TrainSettings`) that finetune.py and the data engine use too;
   3. evaluation: box and single-click mIoU, mIoU against the number of clicks, and how well
-     the IoU head ranks its own masks; then pictures.
+     the IoU head ranks its own masks;
+  4. pictures: how masks, clicks and boxes are drawn here and in every figure of the lessons.
 """
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -26,10 +30,16 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
+import matplotlib
+import matplotlib.image
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import patheffects
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 
 import minisam
 from minisam import CONFIGS, SamConfig, mask_iou, sam_loss
@@ -40,8 +50,8 @@ CURVE_IMAGES = 16  # the first held-out images, evaluated during training: the l
 EVAL_IMAGES_PER_BATCH = 8  # held-out images encoded and decoded together
 # Automatic-mask thresholds for the shipped toy checkpoint (lessons/toy_sam.pt). The
 # reference's defaults (IoU 0.88, stability 0.95) are for ViT-H on photographs; chosen for the
-# toy on held-out images other than the ones its JSON scores them on (lessons/experiments.md,
-# "Which automatic-mask thresholds suit the toy model?").
+# toy on held-out images other than the ones its JSON scores them on
+# (lessons/experiments.md, "Which automatic-mask thresholds suit the toy model?").
 TOY_AMG_SETTINGS = dict(points_per_side=16, pred_iou_thresh=0.7, stability_score_thresh=0.85,
                         min_mask_region_area=8)
 REFERENCE_AMG_THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.95)
@@ -352,6 +362,59 @@ def make_sample(seed: int, image_size: int = None, world: World = SHAPES):
     return resize.apply_image(image), framed[keep]
 
 
+# The toy world in SA-1B's layout, for finetune.py (lessons/10_finetuning.md): make_world's
+# images written as SA-1B stores photographs: NAME.png beside
+# NAME.json with one run-length "segmentation" per valid mask (wholes, parts, subparts).
+# `shifted` draws the same worlds in a style the toy model never saw: every region, the
+# background included, striped.
+
+
+def shifted_style(image: np.ndarray, masks: np.ndarray, seed: int) -> np.ndarray:
+    """The same world drawn another way: every region (the part of a mask outside the masks
+    within it, or the background) striped in its own mean colour and that colour's
+    complement, at its own angle and period, with the world's pixel noise. The masks, and
+    so the answers, are unchanged; flat colours, the toy model's cue, are gone."""
+    rng = np.random.default_rng([seed, 1])  # another stream than make_world's
+    S = image.shape[0]
+    region = np.full((S, S), -1)  # -1: background; else the smallest mask holding the pixel
+    for k in np.argsort(-masks.sum((1, 2)), kind="stable"):
+        region[masks[k]] = k
+    yy, xx = np.mgrid[0:S, 0:S] + 0.5
+    out = np.empty((S, S, 3))
+    for k in np.unique(region):
+        inside = region == k
+        angle, period = rng.uniform(0, math.pi), rng.uniform(3, 7)  # period in pixels
+        light = np.sin(2 * math.pi * (xx * math.cos(angle) + yy * math.sin(angle)) / period) > 0
+        colour = image[inside].mean(0)
+        out[inside] = np.where(light[inside, None], colour, 255 - colour)
+    out += rng.normal(0, 6, out.shape)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+EXPORT_SEEDS = range(2 * 10**6, 3 * 10**6)  # worlds neither trained nor scored on
+
+
+def export_toy(folder: Path, images: int, shifted: bool) -> None:
+    """Write `images` toy worlds (EXPORT_SEEDS) to `folder` in SA-1B's layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in EXPORT_SEEDS[:images]:
+        image, masks, _ = make_world(seed)
+        if shifted:
+            image = shifted_style(image, masks, seed)
+        name = f"toy_{seed}"
+        matplotlib.image.imsave(folder / f"{name}.png", image)
+        boxes = minisam.batched_mask_to_box(torch.from_numpy(masks)).tolist()
+        rles = minisam.mask_to_rle(torch.from_numpy(masks))
+        annotations = [{"id": k, "segmentation": rle, "area": minisam.area_from_rle(rle),
+                        "bbox": minisam.box_xyxy_to_xywh(box)}
+                       for k, (rle, box) in enumerate(zip(rles, boxes))]
+        record = {"image": {"image_id": seed, "file_name": f"{name}.png",
+                            "height": image.shape[0], "width": image.shape[1]},
+                  "annotations": annotations}
+        (folder / f"{name}.json").write_text(json.dumps(record))
+    print(f"wrote {images} images and their masks to {folder}/")
+
+
 # -----------------------------------------------------------------------------
 # 2. Training as simulated interactive annotation (appendix A, "Training algorithm")
 # For every target mask, the model is prompted like an annotator would: a first foreground
@@ -361,7 +424,37 @@ def make_sample(seed: int, image_size: int = None, world: World = SHAPES):
 # decoder call per iteration (the decoder takes one embedding per prompt row).
 
 
-def draw(sampler, shape, generator: torch.Generator, device) -> torch.Tensor:
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """How a model is trained: the defaults of `python train_toy.py`, which finetune.py and
+    the data engine (lessons/data_engine.py) start from and change where they differ."""
+    steps: int = 1600  # optimisation steps in all
+    seed: int = 0  # draws every batch and every simulated click
+    lr: float = 2e-3  # AdamW's learning rate after the warmup
+    warmup: int = 100  # steps of linear warmup
+    # 3 = the first prompt + 2 corrective clicks. The paper's 11 passes (8 clicks, 2 passes
+    # without a new click) cost 3.5 times as much per step; in a 10-minute budget, more steps
+    # of fewer passes do better (lessons/experiments.md, "How many decoder passes per target?").
+    iters: int = 3  # decoder passes per target
+    no_click_passes: int = 0  # how many of those passes add no click (the paper: 2)
+    images_per_step: int = 8
+    targets_per_image: int = 8  # masks of each image, drawn with replacement
+    small_steps: int = 1280  # the first steps, on images rendered at small_size px (0: none)
+    small_size: int = 32
+
+    def image_size(self, step: int, full_size: int) -> int:
+        """The size the model trains at on `step`: progressive resizing, below."""
+        return self.small_size if step < self.small_steps else full_size
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The random numbers of one step (its batch and its clicks), a pure function of (seed,
+    step, rank): a resumed run draws exactly what the uninterrupted run drew, and each
+    data-parallel rank draws its own."""
+    return torch.Generator().manual_seed(hash((seed, step, rank)) % 2**62)
+
+
+def random_tensor(sampler, shape, generator: torch.Generator, device) -> torch.Tensor:
     """torch.rand or torch.randn from the CPU generator, moved to `device`: a run draws the
     same numbers on every device."""
     return sampler(shape, generator=generator, device=generator.device).to(device)
@@ -370,7 +463,7 @@ def draw(sampler, shape, generator: torch.Generator, device) -> torch.Tensor:
 def sample_in(region: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """One pixel chosen uniformly inside each (N, H, W) bool region -> (N, 2) as (x, y).
     An empty region gives an arbitrary pixel (callers only use that when they must)."""
-    scores = draw(torch.rand, region.shape, generator, region.device) * region  # 0 outside
+    scores = random_tensor(torch.rand, region.shape, generator, region.device) * region  # 0 outside
     flat = scores.flatten(1).argmax(1)
     w = region.shape[-1]
     return torch.stack([flat % w, flat // w], dim=1).float()
@@ -381,7 +474,7 @@ def noisy_box(masks: torch.Tensor, generator: torch.Generator, max_noise: float)
     box side, at most max_noise pixels (the paper: 20 px at 1024)."""
     box = minisam.batched_mask_to_box(masks).float()  # (N, 4) x0 y0 x1 y1
     side = (box[:, 2:] - box[:, :2] + 1).repeat(1, 2)
-    noise = draw(torch.randn, box.shape, generator, box.device) * 0.1 * side
+    noise = random_tensor(torch.randn, box.shape, generator, box.device) * 0.1 * side
     return box + noise.clamp(-max_noise, max_noise)
 
 
@@ -435,7 +528,7 @@ class InteractiveTraining(torch.nn.Module):
         # the loss is taken at the decoder's own resolution: no upsampling in the loop
         low_targets = F.interpolate(targets[:, None].float(), (low, low), mode="area")[:, 0] > 0.5
         N, device = len(targets), targets.device
-        use_box = draw(torch.rand, (N,), generator, device) < 0.5
+        use_box = random_tensor(torch.rand, (N,), generator, device) < 0.5
         # the paper's two passes without a new click: one at the end, one at a random position
         # between (drawn whatever no_click_passes is, so the rest of the batch's draws stay put)
         no_click = [self.iterations - 1, int(torch.randint(1, max(2, self.iterations - 1), (1,),
@@ -486,12 +579,11 @@ class InteractiveTraining(torch.nn.Module):
 def training_batch(step: int, seed: int, rank: int, images_per_step: int,
                    targets_per_image: int, image_size: int, worlds: tuple = (SHAPES,),
                    images: int = None):
-    """The images and targets of one step, a pure function of (seed, step, rank): a resumed
-    run draws exactly what the uninterrupted run drew, and each rank draws its own. Each
-    image comes from one of `worlds`, drawn uniformly. With `images`, the data set is that
-    many fixed images instead, the i-th TRAIN_SEEDS[i] drawn in worlds[i % len(worlds)]: the
-    data ablation of lessons/zero_shot.py."""
-    generator = torch.Generator().manual_seed(hash((seed, step, rank)) % 2**62)
+    """The images and targets of one step, and the generator that goes on to draw its clicks
+    (`step_generator`). Each image comes from one of `worlds`, drawn uniformly. With
+    `images`, the data set is that many fixed images instead, the i-th TRAIN_SEEDS[i] drawn in
+    worlds[i % len(worlds)]: the data ablation of lessons/zero_shot.py."""
+    generator = step_generator(seed, step, rank)
     if images is None:
         image_seeds = torch.randint(len(TRAIN_SEEDS), (images_per_step,), generator=generator)
         chosen = (torch.randint(len(worlds), (images_per_step,), generator=generator).tolist()
@@ -512,22 +604,28 @@ def stack_samples(samples: list, targets_per_image: int, generator: torch.Genera
     images, targets, index = [], [], []
     for i, (image, masks) in enumerate([sample for sample in samples if len(sample[1])]):
         chosen = torch.randint(len(masks), (targets_per_image,), generator=generator)
-        picture, S = torch.from_numpy(image).permute(2, 0, 1).float(), masks.shape[-1]
-        if picture.shape[1:] != (S, S):  # a canvas that is not square: padded as
-            mean = torch.tensor(SamConfig.pixel_mean)[:, None, None]  # Sam.preprocess pads
-            picture = F.pad(picture - mean, (0, S - picture.shape[2], 0, S - picture.shape[1])) + mean
-        images.append(picture)
+        images.append(pad_to_square(image, masks.shape[-1]))
         targets.append(torch.from_numpy(masks)[chosen])
         index += [i] * targets_per_image
     return torch.stack(images), torch.cat(targets), torch.tensor(index)
 
 
+def pad_to_square(image: np.ndarray, S: int) -> torch.Tensor:
+    """uint8 (h, w, 3) with h, w <= S -> float (3, S, S), padded at the bottom and right with
+    the pixel mean, which Sam.preprocess normalises to the 0 it pads with itself."""
+    picture = torch.from_numpy(image).permute(2, 0, 1).float()
+    if picture.shape[1:] == (S, S):
+        return picture
+    mean = torch.tensor(SamConfig.pixel_mean)[:, None, None]
+    return F.pad(picture - mean, (0, S - picture.shape[2], 0, S - picture.shape[1])) + mean
+
+
 def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warmup, then step decay x0.1 at 85% and at 26/27 of training. The paper's first
     decay comes at 2/3, but it starts from a pre-trained encoder; from scratch, the toy model
-    spends its first 200-350 steps on a plateau, and decaying at 2/3 of a 700-step run
-    left it too few steps at full rate (lessons/experiments.md, "Do the optimiser's settings
-    matter?")."""
+    spends its first few hundred steps on a plateau, and a decay at 2/3 of a short run
+    leaves it too few steps at full rate
+    (lessons/experiments.md, "Do the optimiser's settings matter?")."""
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.1 ** ((step >= total * 0.85) + (step >= total * 26 / 27))
@@ -586,6 +684,79 @@ def optimisation_step(optimizer, loss: torch.Tensor, step: int, ckpt_path: Path 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+# -----------------------------------------------------------------------------
+# The training loop, one for the toy world (main, below), for your own masks (finetune.py)
+# and for the data engine's labels. They differ only in where a step's batch comes from:
+# `batches(step, image_size)` returns (inputs, targets, image_index, generator), the inputs
+# of `training` (images, or finetune.py's cached embeddings) and the step's generator
+# (`step_generator`), which goes on to draw the simulated clicks.
+
+
+def at_size(model: minisam.Sam, image_size: int) -> minisam.Sam:
+    """`model` if it takes images of image_size px, else its weights resized (`resize_sam`)."""
+    return model if model.config.image_size == image_size else resize_sam(model, image_size)
+
+
+def training_module(model: minisam.Sam, settings: TrainSettings, training):
+    """training(model, ...), an InteractiveTraining, wrapped for data-parallel training when
+    torchrun started several processes."""
+    trainer = training(model, settings.iters, settings.no_click_passes)
+    if torch.distributed.is_initialized():
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            trainer, device_ids=[model.device] if model.device.type == "cuda" else None,
+            find_unused_parameters=True)
+    return trainer
+
+
+def train(model: minisam.Sam, batches, settings: TrainSettings, history: list,
+          optimizer_state: dict = None, full_size: int = None, after_step=None,
+          training=InteractiveTraining, checkpoint: Path = None,
+          log=functools.partial(print, flush=True)) -> minisam.Sam:
+    """Train `model` from the step `history` ends at to settings.steps, appending each step's
+    losses and training minutes to `history`, and return it at `full_size` px (default: its
+    size now). The steps before settings.small_steps run at settings.small_size px; AdamW
+    continues from `optimizer_state` if given. after_step(model, optimizer) runs after every
+    step (checkpoints, the learning curve), its time left out of the minutes. `checkpoint`
+    is the file a run saves, which a non-finite loss's message names."""
+    full_size = full_size or model.config.image_size
+    step = history[-1]["step"] if history else 0
+    model = at_size(model, settings.image_size(step, full_size))
+    optimizer = make_optimizer(model, settings.lr, optimizer_state)
+    trainer = training_module(model, settings, training)
+    processes = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    minutes_before, first_step = history[-1]["minutes"] if history else 0.0, step
+    start, last_log = time.time(), 0.0
+    model.train()
+    while step < settings.steps:
+        size = settings.image_size(step, full_size)
+        if model.config.image_size != size:  # the small steps are over: grow
+            model = resize_sam(model, size)
+            optimizer = make_optimizer(model, settings.lr, optimizer.state_dict())
+            trainer = training_module(model, settings, training)
+        inputs, targets, index, generator = batches(step, size)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings.steps, settings.lr, settings.warmup)
+        loss, parts = trainer(inputs.to(model.device), targets.to(model.device),
+                              index.to(model.device), generator)
+        optimisation_step(optimizer, loss, step, checkpoint)
+        step += 1
+        history.append({"step": step, "loss": loss.item(), **parts,
+                        "minutes": minutes_before + (time.time() - start) / 60})
+        paused = time.time()
+        if after_step is not None:
+            after_step(model, optimizer)
+            model.train()  # after_step may have evaluated it
+        start += time.time() - paused
+        if time.time() - last_log > 10 or step == settings.steps:
+            last_log = time.time()
+            rate = (step - first_step) / (last_log - start)  # steps per second
+            log(f"step {step}/{settings.steps} ({size} px)  loss {loss.item():.4f}  (20 x focal "
+                f"{20 * parts['focal']:.4f}, dice {parts['dice']:.4f}, iou mse "
+                f"{parts['iou_mse']:.4f})  {rate * settings.images_per_step * processes:.1f} "
+                f"img/s  eta {(settings.steps - step) / rate / 60:.1f} min")
+    return at_size(model, full_size)
 
 
 def provenance(argv: list) -> dict:
@@ -683,8 +854,8 @@ def expected_iou(masks: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
     inside it: odds 1 / area). This is what the IoU head's squared error makes it predict at
     best, here computed from the hidden truth (lesson 5, "What the IoU head can know")."""
     expected = torch.empty(masks.shape[:2], device=masks.device)
-    # one click at a time: gathering every (click, mask) pair at once took 1.6 GiB more at
-    # 1024 px (ViT-B, 8 images)
+    # one click at a time: every (click, mask) pair at once would hold N x M x k masks of
+    # the full input size (lessons/experiments.md, "How much memory does ViT-B training take?")
     for n, meant in enumerate(valid):  # meant (N,): the masks target n's click may mean
         odds = 1.0 / targets[meant].flatten(1).sum(1)  # (k,)
         ious = mask_iou(masks[n][:, None], targets[meant][None])  # (M, k)
@@ -709,6 +880,16 @@ def decode(model: minisam.Sam, embeddings, points=None, labels=None, boxes=None,
     return masks.cpu(), iou.cpu(), low_res.cpu()
 
 
+class TargetScores(NamedTuple):
+    """How the model did on every one of N held-out targets (`score_targets`)."""
+    box_iou: torch.Tensor  # (N,) the mask of the target's tight box
+    iou_pred: torch.Tensor  # (N, 3) the IoU head's predictions for the 1-click masks
+    actual: torch.Tensor  # (N, 3) their true IoUs
+    by_clicks: torch.Tensor  # (N, max_clicks) IoU after 1..max_clicks clicks
+    ambiguous: torch.Tensor  # (N,) the first click lies in another valid mask too
+    expected: torch.Tensor  # (N, 3) the 1-click masks' expected IoUs, the head's best answer
+
+
 @torch.no_grad()
 def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9, world: World = SHAPES) -> dict:
     """Held-out metrics on the images `seeds` (default EVAL_SEEDS) of `world`, scored in the
@@ -717,12 +898,12 @@ def evaluate(model: minisam.Sam, seeds=None, max_clicks: int = 9, world: World =
     seeds = EVAL_SEEDS if seeds is None else seeds
     model.eval()
     B = EVAL_IMAGES_PER_BATCH
-    return held_out_metrics([_evaluate_images(model, seeds[i:i + B], max_clicks, world)
+    return held_out_metrics([score_images(model, seeds[i:i + B], max_clicks, world)
                              for i in range(0, len(seeds), B)])
 
 
 def held_out_metrics(batches: list) -> dict:
-    """`evaluate`'s metrics from the results of `evaluate_targets` on batches of images."""
+    """`evaluate`'s metrics from the TargetScores of batches of images."""
     box_iou, iou_pred, actual, by_clicks, ambiguous, expected = (torch.cat(t)
                                                                   for t in zip(*batches))
 
@@ -749,8 +930,8 @@ def held_out_metrics(batches: list) -> dict:
     return metrics
 
 
-def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int, world: World = SHAPES):
-    """`evaluate_targets` on every target of the toy images `seeds` of `world`."""
+def score_images(model: minisam.Sam, seeds, max_clicks: int, world: World = SHAPES):
+    """`score_targets` on every target of the toy images `seeds` of `world`."""
     S = model.config.image_size
     images, targets, index = [], [], []
     for i, seed in enumerate(seeds):
@@ -761,16 +942,13 @@ def _evaluate_images(model: minisam.Sam, seeds, max_clicks: int, world: World = 
         targets.append(torch.from_numpy(masks))
         index += [i] * len(masks)
     embeddings = model.image_encoder(torch.cat(images))
-    return evaluate_targets(model, embeddings, torch.cat(targets), torch.tensor(index), max_clicks)
+    return score_targets(model, embeddings, torch.cat(targets), torch.tensor(index), max_clicks)
 
 
-def evaluate_targets(model: minisam.Sam, embeddings: torch.Tensor, targets: torch.Tensor,
-                     index: torch.Tensor, max_clicks: int):
+def score_targets(model: minisam.Sam, embeddings: torch.Tensor, targets: torch.Tensor,
+                  index: torch.Tensor, max_clicks: int) -> TargetScores:
     """embeddings (B, C, g, g) of B images, targets (N, S, S) bool at the model's input size,
-    index (N,) the image of each. Every target, N in all: box IoU (N,), the 1-click IoU
-    predictions and actual IoUs of the 3 masks (N, 3), IoU after 1..max_clicks clicks
-    (N, max_clicks), whether each target's first click is ambiguous (N,), and the 3 masks'
-    expected IoUs (N, 3), what the IoU head is trained towards."""
+    index (N,) the image of each: the TargetScores of every target."""
     embeddings = embeddings[index.to(embeddings.device)]  # (N, C, g, g)
 
     box = minisam.batched_mask_to_box(targets).float()
@@ -796,7 +974,8 @@ def evaluate_targets(model: minisam.Sam, embeddings: torch.Tensor, targets: torc
         masks, _, mask_prompt = decode(model, embeddings, points, labels, mask_prompt=mask_prompt)
         prediction = masks[:, 0]
         by_clicks.append(mask_iou(prediction, targets))
-    return box_iou, iou_pred, actual, torch.stack(by_clicks, dim=1), ambiguous, expected
+    return TargetScores(box_iou, iou_pred, actual, torch.stack(by_clicks, dim=1), ambiguous,
+                        expected)
 
 
 MATCH_IOU = 0.5  # an automatic mask "finds" a true mask when their IoU is at least this
@@ -832,7 +1011,115 @@ def automatic_mask_scores(model: minisam.Sam, seeds, **settings) -> dict:
 
 
 # -----------------------------------------------------------------------------
-# Pictures
+# 4. Pictures
+# How masks are drawn, here and in every figure of the README and the lessons
+# (lessons/make_figures.py draws them with these functions). The toy world paints its objects
+# in random RGB colours, so no colour is safe on top of them; wherever a mask is shown, the
+# image is shown in grey, and
+#   - a model's mask is a blue fill,
+#   - the true mask is a white line edged in black,
+#   - a foreground click is a green plus, a background click a red cross, both edged in black,
+#   - a box prompt is a yellow frame edged in black.
+# A panel with a predicted mask prints the IoU the model predicts for it and its true IoU.
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing into files only (no display needed), imported when a
+    picture is first drawn."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+FIGURE_DPI = 100
+
+
+def save_figure(fig, path: Path) -> None:
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+PREDICTED = (0.1, 0.4, 1.0)  # blue fill: a model's mask
+BOX = "#ffd92f"  # yellow frame: a box prompt
+EDGED = [patheffects.withStroke(linewidth=3.4, foreground="black")]  # a black edge under a line
+CLICKS = {1: dict(marker="P", color="#3cf03c"), 0: dict(marker="X", color="#ff3c3c")}
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) luminance: the toy world without its colours."""
+    return image @ np.array([0.299, 0.587, 0.114])
+
+
+def show(ax, image: np.ndarray, colour: bool = False) -> None:
+    if colour:
+        ax.imshow(image, interpolation="nearest")
+    else:  # in mid greys (0.25 to 0.85), so that white and black lines stand out on it
+        ax.imshow(grey(image), cmap="gray", vmin=-106, vmax=319, interpolation="nearest")
+    ax.axis("off")
+
+
+def fill(ax, mask: np.ndarray, colour=PREDICTED, alpha: float = 0.6) -> None:
+    rgba = np.zeros((*mask.shape, 4))
+    rgba[mask] = (*colour, alpha)
+    ax.imshow(rgba, interpolation="nearest")
+
+
+def outline(ax, mask: np.ndarray, linestyle: str = "-") -> None:
+    """The true mask: a white line on a black edge, along the pixel borders of `mask`."""
+    if mask.any() and not mask.all():
+        lines = ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.4,
+                           linestyles=linestyle)
+        lines.set_path_effects(EDGED)
+
+
+def draw_clicks(ax, points, labels, size: float = 10) -> None:
+    for (x, y), label in zip(np.asarray(points).tolist(), np.asarray(labels).tolist()):
+        ax.plot(x, y, ls="", markersize=size, markeredgecolor="black", markeredgewidth=1.3,
+                **CLICKS[int(label)])
+
+
+def draw_box(ax, box) -> None:
+    """box: x0, y0, x1, y1 in inclusive pixel indices, framed around those pixels."""
+    x0, y0, x1, y1 = np.asarray(box, dtype=float).tolist()
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
+                           edgecolor=BOX, linewidth=1.6, path_effects=EDGED, zorder=3))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return minisam.mask_iou(torch.from_numpy(a), torch.from_numpy(b)).item()
+
+
+def mask_panel(ax, image, mask=None, truth=None, points=(), labels=(), box=None, title="",
+               colour=False) -> None:
+    """One panel: the image (grey unless `colour`), a predicted mask, the true mask, prompts."""
+    show(ax, image, colour)
+    if mask is not None:
+        fill(ax, mask)
+    if truth is not None:
+        outline(ax, truth)
+    if box is not None:
+        draw_box(ax, box)
+    draw_clicks(ax, points, labels)
+    ax.set_title(title, fontsize=9)
+
+
+def scores(predicted: float, mask: np.ndarray, truth: np.ndarray) -> str:
+    return f"predicted IoU {predicted:.2f}, true {iou(mask, truth):.2f}"
+
+
+def legend(fig, *items) -> None:
+    """A legend under a figure made with layout="constrained", for the given items of the
+    drawing rules."""
+    handles = {
+        "mask": Patch(facecolor=(*PREDICTED, 0.6), edgecolor="none", label="predicted mask"),
+        "truth": Line2D([], [], color="white", lw=1.4, path_effects=EDGED, label="true mask"),
+        "box": Line2D([], [], color=BOX, lw=1.6, path_effects=EDGED, label="box prompt"),
+        "positive": Line2D([], [], ls="", markersize=9, markeredgecolor="black",
+                           label="foreground click", **CLICKS[1]),
+        "negative": Line2D([], [], ls="", markersize=9, markeredgecolor="black",
+                           label="background click", **CLICKS[0])}
+    fig.legend(handles=[handles[i] for i in items], loc="outside lower center",
+               ncol=len(items), facecolor="#d9d9d9", fontsize=9)
 
 
 def curve_points(history: list) -> list:
@@ -841,15 +1128,177 @@ def curve_points(history: list) -> list:
     return [h for h in history if "box_miou" in h]
 
 
+# Images for the figures of a trained model: the held-out objects with all three levels
+# (whole -> part -> subpart), where one click is ambiguous three ways. Among the first
+# CHOICE_IMAGES held-out images, the one whose subpart is largest opens the README (a small
+# window would be hard to see), the next ones fill lesson 6's gallery. A rule on the world
+# alone: the model's predictions play no part in the choice.
+CHOICE_IMAGES = 16
+
+
+def three_level_objects() -> list:
+    """[(seed, (whole, part, subpart) mask indices)], one per held-out image that has such an
+    object (its largest subpart), largest subpart first."""
+    found = []
+    for seed in EVAL_SEEDS[:CHOICE_IMAGES]:
+        _, masks, parents = make_world(seed)
+        chains = [(parents[parents[k]], parents[k], k) for k in range(len(masks))
+                  if parents[k] >= 0 and parents[parents[k]] >= 0]
+        if chains:
+            chain = max(chains, key=lambda c: masks[c[2]].sum())
+            found.append((masks[chain[2]].sum(), seed, chain))
+    return [(seed, chain) for _, seed, chain in sorted(found, key=lambda f: -f[0])]
+
+
+LEVELS = ("whole", "part", "subpart")
+
+
+def prompt_panels(predictor: minisam.SamPredictor, seed: int, chain) -> list:
+    """The prompts of the README's first figure on one held-out image, as a list of 8
+    mask_panel arguments: the image with one click in the subpart (at its interior point,
+    the evaluation's first click); the click's three masks, largest first, each beside the
+    level it matches best; a box on the part (its tight box); and the evaluation's
+    interactive protocol for the part: a click at its interior point, the IoU head's choice
+    of the three masks, then two corrective clicks (`largest_error_click`), each fed the
+    previous low-res logits."""
+    image, masks, _ = make_world(seed)
+    levels = masks[list(chain)]  # (3, H, W): whole, part, subpart
+    predictor.set_image(image)
+
+    def interior(mask):
+        return interior_point(torch.from_numpy(mask)[None]).numpy()  # (1, 2) x, y
+
+    click, positive = interior(levels[2]), np.array([1])
+    panels = [dict(points=click, labels=positive, colour=True,
+                   title=f"held-out image {seed}\none click")]
+    out, predicted, _ = predictor.predict(click, positive)
+    for k in np.argsort(-out.sum((1, 2)), kind="stable"):
+        match = max(range(3), key=lambda j: iou(out[k], levels[j]))
+        panels.append(dict(mask=out[k], truth=levels[match], points=click, labels=positive,
+                           title=f"mask {len(panels)}: nearest the {LEVELS[match]}\n"
+                                 f"{scores(predicted[k], out[k], levels[match])}"))
+
+    part = levels[1]
+    box = minisam.batched_mask_to_box(torch.from_numpy(part)).numpy()
+    mask, predicted, _ = predictor.predict(box=box, multimask_output=False)
+    panels.append(dict(mask=mask[0], truth=part, box=box,
+                       title=f"a box on the part\n{scores(predicted[0], mask[0], part)}"))
+
+    points, labels = interior(part), [1]
+    out, predicted, low_res = predictor.predict(points, np.array(labels))
+    best = predicted.argmax()  # the IoU head's choice
+    mask, predicted, low_res = out[best], predicted[best], low_res[best][None]
+    for n in range(1, 4):
+        if n > 1:
+            new, label = largest_error_click(torch.from_numpy(mask)[None],
+                                                       torch.from_numpy(part)[None])
+            points, labels = np.concatenate([points, new.numpy()]), labels + [int(label)]
+            out, predicted, low_res = predictor.predict(points, np.array(labels),
+                                                        mask_input=low_res,
+                                                        multimask_output=False)
+            mask, predicted = out[0], predicted[0]
+        what = "the IoU head's choice" if n == 1 else "a corrective click"
+        panels.append(dict(mask=mask, truth=part, points=points, labels=labels,
+                           title=f"part, {n} click{'s' * (n > 1)}: {what}\n"
+                                 f"{scores(predicted, mask, part)}"))
+    return [dict(image=image, **p) for p in panels]
+
+
+def draw_gallery(model: minisam.Sam, label: str, path: Path) -> None:
+    """Lesson 6's gallery (gallery.png of a run): the README's first figure's prompts
+    (`prompt_panels`) on the next held-out images."""
+    plt = pyplot()
+    predictor = minisam.SamPredictor(model)
+    rows = three_level_objects()[1:4]
+    fig, axes = plt.subplots(len(rows), 6, figsize=(15, 2.9 * len(rows) + 0.8),
+                             squeeze=False, layout="constrained")
+    for row, (seed, chain) in zip(axes, rows):
+        panels = prompt_panels(predictor, seed, chain)
+        for ax, panel in zip(row, panels[:5] + panels[-1:]):  # the last: after 3 clicks
+            mask_panel(ax, **panel)
+    fig.suptitle(f"held-out images, toy model {label}: one click -> three masks; a box "
+                 "on the part; the part after three clicks")
+    legend(fig, "mask", "truth", "positive", "negative", "box")
+    save_figure(fig, path)
+
+
+AMG_IMAGE = 1  # the held-out image the figures show: EVAL_SEEDS[1] has four objects, one of
+# three levels; precision and recall are scored on AMG_EVAL_IMAGES held-out images
+
+
+def draw_automatic_masks(model: minisam.Sam, label: str, path: Path) -> None:
+    """The automatic masks of one held-out image beside its true masks, and the precision
+    and recall at IoU >= MATCH_IOU on AMG_EVAL_IMAGES held-out images."""
+    plt = pyplot()
+    seeds = EVAL_SEEDS[:AMG_EVAL_IMAGES]
+    overall = automatic_mask_scores(model, seeds, **TOY_AMG_SETTINGS)
+    image, truths = make_sample(EVAL_SEEDS[AMG_IMAGE])
+    records = minisam.SamAutomaticMaskGenerator(model, **TOY_AMG_SETTINGS).generate(image)
+    found = np.array([r["segmentation"] for r in records], bool).reshape(-1, *image.shape[:2])
+    predicted = [r["predicted_iou"] for r in records]
+    here = precision_recall([found], [truths])
+    ious = minisam.mask_iou(torch.from_numpy(found)[:, None], torch.from_numpy(truths)[None])
+    ious = ious.numpy().reshape(len(found), len(truths))  # (automatic, true)
+
+    # below: every true mask, largest first, with the automatic mask nearest it; then all the
+    # automatic masks that are near no true mask (the false positives)
+    order = np.argsort(-truths.sum((1, 2)), kind="stable")
+    panels = []
+    for n, j in enumerate(order):
+        r = ious[:, j].argmax() if len(found) else None
+        if r is None:
+            title = "missed"
+        elif ious[r, j] >= MATCH_IOU:
+            title = f"found\npredicted IoU {predicted[r]:.2f}, true {ious[r, j]:.2f}"
+        else:
+            title = f"missed\n(nearest automatic: IoU {ious[r, j]:.2f})"
+        panels.append((None if r is None else found[r], truths[j], f"true mask {n + 1}: {title}"))
+    wrong = [r for r in range(len(found)) if ious[r].max(initial=0) < MATCH_IOU]
+    columns = 6
+    rows = -(-(len(panels) + 1) // columns)  # and one panel for the wrong automatic masks
+    fig = plt.figure(figsize=(2.1 * columns, 4.3 + 2.3 * rows), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=(4.1, 2.3 * rows))
+    axes = top.subplots(1, 3)
+    show(axes[0], image, colour=True)
+    axes[0].set_title(f"held-out image {EVAL_SEEDS[AMG_IMAGE]}", fontsize=10)
+    palette = plt.get_cmap("tab10")
+
+    def fills(ax, rows):
+        """Automatic masks in colours of their own (the image is grey): large first."""
+        show(ax, image)
+        for n, r in enumerate(sorted(rows, key=lambda r: -found[r].sum())):
+            fill(ax, found[r], colour=palette(n % 10)[:3], alpha=0.75)
+
+    fills(axes[1], range(len(found)))
+    axes[1].set_title(f"{len(found)} automatic masks\nprecision {here['precision']:.2f}, "
+                      f"recall {here['recall']:.2f}", fontsize=10)
+    show(axes[2], image)
+    for j in order:
+        outline(axes[2], truths[j])
+    axes[2].set_title(f"{len(truths)} true masks\n(wholes, parts, subparts)", fontsize=10)
+    settings = ", ".join(f"{k}={v}" for k, v in TOY_AMG_SETTINGS.items())
+    top.suptitle(f"automatic masks of {label}, TOY_AMG_SETTINGS ({settings})"
+                 f"\non {len(seeds)} held-out images: {overall['masks_per_image']:.1f} masks "
+                 f"per image, precision {overall['precision']:.2f}, recall "
+                 f"{overall['recall']:.2f} (right: IoU >= {MATCH_IOU:g} with some true mask)")
+    axes = bottom.subplots(rows, columns, squeeze=False).flat
+    for ax, (mask, truth, title) in zip(axes, panels):
+        mask_panel(ax, image, mask, truth, title=title)
+    fills(axes[len(panels)], wrong)
+    axes[len(panels)].set_title(f"{len(wrong)} automatic mask{'s' * (len(wrong) != 1)}\n"
+                                "matching no true mask", fontsize=9)
+    for ax in axes[len(panels) + 1:]:
+        ax.axis("off")
+    legend(fig, "mask", "truth")
+    save_figure(fig, path)
+
+
 def draw_pictures(model: minisam.Sam, metrics: dict, history: list, out: Path) -> None:
     """This run's curves (loss.png, miou_vs_clicks.png), and its model drawn exactly as the
     README and the lessons draw the shipped one (lessons/make_figures.py): three held-out
     images prompted with one click, a box and corrective clicks (gallery.png), and the
     automatic masks of one beside its true masks (automask.png)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax, curve) = plt.subplots(1, 2, figsize=(11, 3.5))
     steps = [h["step"] for h in history]
     for key in ("loss", "focal", "dice", "iou_mse"):
@@ -878,68 +1327,70 @@ def draw_pictures(model: minisam.Sam, metrics: dict, history: list, out: Path) -
     fig.savefig(out / "miou_vs_clicks.png", dpi=120)
     plt.close(fig)
 
-    lessons = str(Path(__file__).resolve().parent / "lessons")
-    if lessons not in sys.path:
-        sys.path.insert(0, lessons)
-    import make_figures as figures  # the lessons' figure code; it imports this module
-    figures.draw_run(model, f"{out.name}/ckpt.pt, {history[-1]['step'] if history else 0} "
-                            "training steps",
-                     {"one_click_three_masks": out / "gallery.png",
-                      "automatic_masks": out / "automask.png"})
+    label = f"{out.name}/ckpt.pt, {history[-1]['step'] if history else 0} training steps"
+    draw_gallery(model.eval(), label, out / "gallery.png")
+    draw_automatic_masks(model, label, out / "automask.png")
 
 
 # -----------------------------------------------------------------------------
 # The command
 
 
+DEFAULTS = TrainSettings()
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train minisam on the toy-shapes world.")
-    p.add_argument("--steps", type=int, default=1600, help="total optimisation steps")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="total optimisation steps")
     p.add_argument("--out", type=Path, default=Path("out"))
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt to --steps")
     p.add_argument("--save-every", type=int, default=200, metavar="N")
     p.add_argument("--config", choices=sorted(CONFIGS), default="toy")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--eval-only", action="store_true", help="evaluate OUT/ckpt.pt and draw")
     p.add_argument("--curve-every", type=int, default=100, metavar="N",
                    help="held-out box and 1-click mIoU every N steps (the learning curve)")
-    # 3 = the first prompt + 2 corrective clicks. The paper's 11 passes (8 clicks, 2 passes
-    # without a new click) cost 3.5 times as much per step; in a 10-minute budget, more steps
-    # of fewer passes do better (lessons/experiments.md, "How many decoder passes per target?").
-    p.add_argument("--iters", type=int, default=3,
+    p.add_argument("--iters", type=int, default=DEFAULTS.iters,
                    help="decoder passes per target (the paper: 11 = 1 + 8 clicks + 2 without)")
-    p.add_argument("--no-click-passes", type=int, default=0, choices=(0, 1, 2),
-                   help="how many of those passes add no click (the paper: 2)")
-    p.add_argument("--images-per-step", type=int, default=8)
-    p.add_argument("--targets-per-image", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--small-fraction", type=float, default=0.8,
-                   help="the fraction of the steps taken on images rendered at --small-size "
-                        "(progressive resizing; 0: none)")
-    p.add_argument("--small-size", type=int, default=32, metavar="PX")
+    p.add_argument("--no-click-passes", type=int, default=DEFAULTS.no_click_passes,
+                   choices=(0, 1, 2), help="how many of those passes add no click (the paper: 2)")
+    p.add_argument("--images-per-step", type=int, default=DEFAULTS.images_per_step)
+    p.add_argument("--targets-per-image", type=int, default=DEFAULTS.targets_per_image)
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    p.add_argument("--warmup", type=int, default=DEFAULTS.warmup)
+    p.add_argument("--small-steps", type=int, default=DEFAULTS.small_steps, metavar="N",
+                   help="the first N steps see images rendered at --small-size (progressive "
+                        "resizing; 0: none); a resumed run keeps them where they were")
+    p.add_argument("--small-size", type=int, default=DEFAULTS.small_size, metavar="PX")
     p.add_argument("--worlds", default="shapes",
                    help="the worlds to train on: comma-separated names of train_toy.WORLDS, or "
                         "'training' for all of TRAINING_WORLDS (the toy SA-1B)")
-    p.add_argument("--images", type=int, metavar="N",
+    p.add_argument("--train-images", type=int, metavar="N",
                    help="train on N fixed images, spread evenly over --worlds (default: a new "
                         "image every draw)")
     p.add_argument("--init", type=Path, metavar="PATH",
                    help="start from the weights of this checkpoint (a fresh optimizer and "
                         "schedule) instead of random ones")
+    p.add_argument("--export-toy", type=Path, metavar="DIR",
+                   help="write --images toy worlds in SA-1B's layout to DIR (finetune.py's "
+                        "data), and stop")
+    p.add_argument("--images", type=int, default=200, help="with --export-toy: how many")
+    p.add_argument("--shifted", action="store_true",
+                   help="with --export-toy: in the shifted style (striped regions)")
     p.add_argument("--save-model", type=Path, metavar="PATH",
                    help="also save the model alone (no optimizer) to PATH, loadable with "
                         "build_sam, and its provenance and held-out metrics to PATH.json")
     args = p.parse_args(argv)
     for name in ("steps", "save_every", "curve_every", "iters", "images_per_step", "targets_per_image",
-                 "warmup"):
+                 "warmup", "images"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.lr > 0:
         p.error(f"--lr must be > 0, got {args.lr}")
-    if not 0 <= args.small_fraction < 1:
-        p.error(f"--small-fraction must be in [0, 1), got {args.small_fraction}")
+    if not 0 <= args.small_steps < args.steps:
+        p.error(f"--small-steps {args.small_steps} must be at least 0 and below --steps "
+                f"{args.steps}: a run ends at full size")
     patch = CONFIGS[args.config].patch_size
     if not 0 < args.small_size <= CONFIGS[args.config].image_size or args.small_size % patch:
         p.error(f"--small-size must be a multiple of the patch size {patch} up to the image "
@@ -959,17 +1410,20 @@ def parse_args(argv=None):
         p.error(f"--worlds: no world named {', '.join(unknown)}; the worlds are "
                 f"{', '.join(WORLDS)} (or 'training')")
     args.worlds = tuple(WORLDS[n] for n in names)
-    if args.images is not None and args.images < len(args.worlds):
-        p.error(f"--images must be at least the number of worlds, {len(args.worlds)}, got {args.images}")
+    if args.train_images is not None and args.train_images < len(args.worlds):
+        p.error(f"--train-images must be at least the number of worlds, {len(args.worlds)}, "
+                f"got {args.train_images}")
     if args.init is not None and not args.init.is_file():
         p.error(f"--init: no checkpoint at {args.init}")
+    args.settings = TrainSettings(**{f.name: getattr(args, f.name)
+                                     for f in dataclasses.fields(TrainSettings)})
     return args
 
 
 def save_model(path: Path, state: dict, metrics: dict) -> None:
     """The shipped form of a trained model: its weights and learning curve, without the
-    optimizer's moments and the per-step losses (at 25000 steps, 6 MB and 2 MB of 11 MB; both
-    stay in OUT/ckpt.pt), and beside it a JSON of how it was made and what it scores,
+    optimizer's moments and the per-step losses (most of the file; both stay in
+    OUT/ckpt.pt), and beside it a JSON of how it was made and what it scores,
     automatic masks included: with TOY_AMG_SETTINGS and with the reference's thresholds."""
     model = minisam.build_sam(SamConfig(**{k: tuple(v) if isinstance(v, list) else v
                                            for k, v in state["config"].items()}))
@@ -998,130 +1452,126 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+def start_processes(device: str):
+    """This process's device, its rank, and how many processes train: one, unless torchrun
+    started several for data-parallel training (each with its own GPU, if there are GPUs)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(args.device)
+    device = pick_device(device)
     if world > 1:
         if device.type == "cuda":  # one GPU per process, as torchrun numbers them
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    config: SamConfig = CONFIGS[args.config]
-    small_steps = round(args.small_fraction * args.steps)  # the first steps, at --small-size
+    return device, rank, world
 
-    def size_at(step):
-        return args.small_size if step < small_steps else config.image_size
 
-    ckpt_path = args.out / "ckpt.pt"
-    step, history, runs, state = 0, [], [], None
-    if args.resume or args.eval_only:
-        if not ckpt_path.exists():
-            raise SystemExit(f"no checkpoint at {ckpt_path} to {'resume' if args.resume else 'evaluate'}")
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling errors come in many types; all mean the same here
-            raise SystemExit(f"{ckpt_path} is not a readable checkpoint: {type(e).__name__}: {e}")
-        # a checkpoint saved during the small steps holds the model at the small size
-        saved = dataclasses.replace(config, image_size=state["config"]["image_size"])
-        model = minisam.build_sam(saved, checkpoint=ckpt_path)  # checks the file fits config
-        step, history, runs = state["step"], state["history"], state.get("runs", [])
-        # these pick every batch (a checkpoint without "worlds" saw SHAPES, a new image a draw)
-        for key, value, before in (("seed", args.seed, None),
-                                   ("worlds", [w.name for w in args.worlds], ["shapes"]),
-                                   ("images", args.images, None)):
-            if args.resume and state.get(key, before) != value:
-                raise SystemExit(f"{ckpt_path} was trained with --{key} {state.get(key)}; "
-                                 f"resuming with {value} would draw other batches")
-    elif args.init is not None:  # continue from trained weights, on this run's schedule
-        model = resize_sam(minisam.build_sam(config, checkpoint=args.init), size_at(0))
-    else:
-        torch.manual_seed(args.seed)  # the initial weights
-        model = minisam.Sam(dataclasses.replace(config, image_size=size_at(0)))
-    model.to(device)
-    optimizer = make_optimizer(model, args.lr, state and state["optimizer"])
+def load_run(args, config: SamConfig):
+    """(model, state) of OUT/ckpt.pt, to resume or to evaluate. A run resumes only with the
+    seed, the worlds and the data set it was trained with: they pick every batch."""
+    path = args.out / "ckpt.pt"
+    if not path.exists():
+        raise SystemExit(f"no checkpoint at {path} to {'resume' if args.resume else 'evaluate'}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean the same here
+        raise SystemExit(f"{path} is not a readable checkpoint: {type(e).__name__}: {e}")
+    # a checkpoint saved during the small steps holds the model at the small size
+    saved = dataclasses.replace(config, image_size=state["config"]["image_size"])
+    model = minisam.build_sam(saved, checkpoint=path)  # checks the file fits config
+    # (a checkpoint without "worlds" saw SHAPES, without "train_images" a new image a draw)
+    for key, value, before in (("seed", args.seed, None),
+                               ("worlds", [w.name for w in args.worlds], ["shapes"]),
+                               ("train_images", args.train_images, None)):
+        if args.resume and state.get(key, before) != value:
+            raise SystemExit(f"{path} was trained with --{key} {state.get(key)}; "
+                             f"resuming with {value} would draw other batches")
+    if args.resume and saved == config and state["step"] < args.small_steps:
+        raise SystemExit(f"{path} is at full size at step {state['step']}, within --small-steps "
+                         f"{args.small_steps}: resume with the --small-steps it was trained with")
+    return model, state
 
-    def trainer_for(model):
-        trainer = InteractiveTraining(model, args.iters, args.no_click_passes)
-        if world > 1:
-            trainer = torch.nn.parallel.DistributedDataParallel(
-                trainer, device_ids=[device] if device.type == "cuda" else None,
-                find_unused_parameters=True)
-        return trainer
 
-    trainer = trainer_for(model)
+def new_model(args, config: SamConfig) -> minisam.Sam:
+    """The weights a run starts from: --init's, or random ones drawn from --seed."""
+    if args.init is not None:  # trained weights, on this run's schedule
+        return minisam.build_sam(config, checkpoint=args.init)
+    torch.manual_seed(args.seed)
+    return minisam.Sam(dataclasses.replace(
+        config, image_size=args.settings.image_size(0, config.image_size)))
+
+
+def run_state(model: minisam.Sam, args, history: list, runs: list) -> dict:
+    """OUT/ckpt.pt without the optimizer: the model, how it was trained, and its history."""
+    return {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
+            "step": history[-1]["step"] if history else 0, "seed": args.seed,
+            "worlds": [w.name for w in args.worlds], "train_images": args.train_images,
+            "history": history, "runs": runs}
+
+
+def final_metrics(model: minisam.Sam, history: list) -> dict:
+    """`evaluate` on every held-out image, with the run's minutes, steps and learning curve;
+    printed as a table."""
+    metrics = evaluate(model)
+    metrics["train_minutes"] = history[-1]["minutes"] if history else 0.0
+    metrics["steps"] = history[-1]["step"] if history else 0
+    metrics["learning_curve"] = [{k: h[k] for k in ("step", "minutes", "box_miou",
+                                                    "one_click_oracle_miou")}
+                                 for h in curve_points(history)]
+    print(f"\nheld-out evaluation ({metrics['targets']} targets on {len(EVAL_SEEDS)} images)")
+    for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r",
+                "one_click_miou_ideal_head", "iou_head_pearson_r_ideal",
+                "one_click_miou_unambiguous", "iou_head_pearson_r_unambiguous"):
+        print(f"  {key:<30} {metrics.get(key, float('nan')):.3f}")
+    print(f"  (unambiguous: the {metrics['unambiguous_targets']} targets whose click lies "
+          "in no other valid mask)")
+    print(f"  {'mIoU after 1..9 clicks':<30} "
+          + " ".join(f"{v:.3f}" for v in metrics["miou_by_clicks"]))
+    return metrics
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.export_toy is not None:
+        return export_toy(args.export_toy, args.images, args.shifted)
+    device, rank, world = start_processes(args.device)
+    config, ckpt_path, settings = CONFIGS[args.config], args.out / "ckpt.pt", args.settings
+    model, state = (load_run(args, config) if args.resume or args.eval_only
+                    else (new_model(args, config), None))
+    history, runs = (state["history"], state.get("runs", [])) if state else ([], [])
+    step = state["step"] if state else 0
     args.out.mkdir(parents=True, exist_ok=True)
-    if step < args.steps and not args.eval_only:
+    if step < settings.steps and not args.eval_only:
         runs.append({**provenance(argv), "from_step": step})
 
-    def model_state():
-        return {"model": model.state_dict(), "config": dataclasses.asdict(model.config),
-                "step": step, "seed": args.seed, "worlds": [w.name for w in args.worlds],
-                "images": args.images, "history": history, "runs": runs}
+        def after_step(model, optimizer):
+            """The learning curve every --curve-every steps, a checkpoint every --save-every."""
+            step = history[-1]["step"]
+            if rank == 0 and (step % args.curve_every == 0 or step == settings.steps):
+                # always on the full-size held-out images, so the whole curve is comparable
+                quick = evaluate(at_size(model, config.image_size), EVAL_SEEDS[:CURVE_IMAGES],
+                                 max_clicks=1)
+                history[-1].update({k: quick[k] for k in ("box_miou", "one_click_oracle_miou")})
+            if rank == 0 and (step % args.save_every == 0 or step == settings.steps):
+                save_checkpoint(ckpt_path, {**run_state(model, args, history, runs),
+                                            "optimizer": optimizer.state_dict()})
 
-    def checkpoint():
-        if rank == 0:
-            save_checkpoint(ckpt_path, {**model_state(), "optimizer": optimizer.state_dict()})
+        def batches(step, image_size):
+            return training_batch(step, settings.seed, rank, settings.images_per_step,
+                                  settings.targets_per_image, image_size, args.worlds,
+                                  args.train_images)
 
-    start, last_print = time.time(), 0.0
-    first_step, minutes_before = step, history[-1]["minutes"] if history else 0.0
-    model.train()
-    while step < args.steps and not args.eval_only:
-        if model.config.image_size != size_at(step):  # the small steps are over: grow
-            model = resize_sam(model, size_at(step))
-            optimizer = make_optimizer(model, args.lr, optimizer.state_dict())
-            trainer = trainer_for(model)
-        images, targets, index, generator = training_batch(
-            step, args.seed, rank, args.images_per_step, args.targets_per_image,
-            model.config.image_size, args.worlds, args.images)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.steps, args.lr, args.warmup)
-        loss, parts = trainer(images.to(device), targets.to(device), index.to(device), generator)
-        optimisation_step(optimizer, loss, step, ckpt_path)
-        step += 1
-        history.append({"step": step, "loss": loss.item(), **parts,
-                        "minutes": minutes_before + (time.time() - start) / 60})
-        if rank == 0 and (step % args.curve_every == 0 or step == args.steps):
-            paused = time.time()
-            # always on the full-size held-out images, so the whole curve is comparable
-            quick = evaluate(resize_sam(model, config.image_size) if model.config != config
-                             else model, EVAL_SEEDS[:CURVE_IMAGES], max_clicks=1)
-            model.train()
-            history[-1].update({k: quick[k] for k in ("box_miou", "one_click_oracle_miou")})
-            start += time.time() - paused  # the curve's minutes count training time only
-        if step % args.save_every == 0 or step == args.steps:
-            checkpoint()
-        if rank == 0 and (time.time() - last_print > 10 or step == args.steps):
-            last_print = time.time()
-            rate = (step - first_step) / (last_print - start)
-            print(f"step {step}/{args.steps}  loss {loss.item():.4f}  (20 x focal "
-                  f"{20 * parts['focal']:.4f}, dice {parts['dice']:.4f}, iou mse "
-                  f"{parts['iou_mse']:.4f})  {rate * args.images_per_step * world:.1f} img/s  "
-                  f"eta {(args.steps - step) / rate / 60:.1f} min", flush=True)
+        model = train(model.to(device), batches, settings, history, state and state["optimizer"],
+                      config.image_size, after_step, checkpoint=ckpt_path,
+                      log=functools.partial(print, flush=True) if rank == 0 else lambda line: None)
     if rank == 0:
-        if model.config != config:  # --eval-only of a checkpoint from the small steps
-            model = resize_sam(model, config.image_size)
-        metrics = evaluate(model)
-        metrics["train_minutes"] = history[-1]["minutes"] if history else 0.0
-        metrics["steps"] = step
-        metrics["learning_curve"] = [{k: h[k] for k in ("step", "minutes", "box_miou",
-                                                        "one_click_oracle_miou")}
-                                     for h in curve_points(history)]
+        model = at_size(model.to(device), config.image_size)
+        metrics = final_metrics(model, history)
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(f"\nheld-out evaluation ({metrics['targets']} targets on {len(EVAL_SEEDS)} images)")
-        for key in ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r",
-                    "one_click_miou_ideal_head", "iou_head_pearson_r_ideal",
-                    "one_click_miou_unambiguous", "iou_head_pearson_r_unambiguous"):
-            print(f"  {key:<30} {metrics.get(key, float('nan')):.3f}")
-        print(f"  (unambiguous: the {metrics['unambiguous_targets']} targets whose click lies "
-              "in no other valid mask)")
-        print(f"  {'mIoU after 1..9 clicks':<30} "
-              + " ".join(f"{v:.3f}" for v in metrics["miou_by_clicks"]))
         draw_pictures(model, metrics, history, args.out)
         print(f"wrote {ckpt_path}, {args.out / 'metrics.json'} and figures in {args.out}/")
         if args.save_model:
-            save_model(args.save_model, model_state(), metrics)
+            save_model(args.save_model, run_state(model, args, history, runs), metrics)
     if world > 1:
         torch.distributed.destroy_process_group()
 

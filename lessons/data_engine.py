@@ -43,9 +43,8 @@ import minisam  # noqa: E402
 import train_toy  # noqa: E402
 from minisam import mask_iou  # noqa: E402
 from train_toy import (EVAL_SEEDS, MATCH_IOU, TOY_AMG_SETTINGS, TRAIN_SEEDS,  # noqa: E402
-                       InteractiveTraining, decode, evaluate, interior_point,
-                       largest_error_click, learning_rate, make_optimizer, make_sample,
-                       optimisation_step, precision_recall, resize_sam, stack_samples)
+                       decode, evaluate, interior_point, largest_error_click, make_sample,
+                       precision_recall, stack_samples, step_generator, train)
 
 # -----------------------------------------------------------------------------
 # 0. The budget: every count of images and optimisation steps, in one place.
@@ -64,6 +63,7 @@ class Budget:
     stage2_images: int = 40
     stage3_images: int = 100  # the rest of the pool: labelled with no annotator
     seed_steps: int = 350  # the seed model, from scratch, on the seed set
+    small_steps: int = 280  # the first steps of a model from scratch, at 32 px
     round_steps: int = 200  # each retraining: after every stage-1 round and after stage 2
     final_steps: int = 350  # each of the two fresh models of the final comparison
     eval_images: int = 32  # held-out images (from EVAL_SEEDS) for every mIoU
@@ -73,15 +73,14 @@ class Budget:
 
 # --quick: every stage runs, on a handful of images and steps; the numbers mean nothing
 QUICK = Budget(seed_images=6, stage1_rounds=3, stage1_images_per_round=4, stage2_images=4,
-               stage3_images=4, seed_steps=3, round_steps=2, final_steps=3, eval_images=4,
+               stage3_images=4, seed_steps=3, small_steps=2, round_steps=2, final_steps=3, eval_images=4,
                click_budget=3)
 
 # The automatic masks of stages 2 and 3. The engine's models are far weaker than the shipped
-# checkpoint, and their IoU heads rarely predict above 0.5, so thresholds tuned for the shipped
-# checkpoint keep almost nothing: in one run with an earlier choice (IoU 0.5, stability 0.85),
-# 0.18 masks per image in stage 3 and none to pre-fill in stage 2. Looser still (IoU 0.4,
-# stability 0.3), stage 3 labels more but worse masks, and the final model learns less from
-# them (lessons/experiments.md, "Which automatic-mask thresholds for stages 2 and 3?").
+# checkpoint, and their IoU heads rarely predict high, so thresholds tuned for the shipped
+# checkpoint keep almost nothing; much looser ones label more but worse masks, from which the
+# final model learns less
+# (lessons/experiments.md, "Which automatic-mask thresholds for stages 2 and 3?").
 # Stage 2's pre-filled masks are these proposals (the paper used a box detector trained on
 # stage-1 masks; any source of confident masks plays the same part), each checked by the
 # annotator: its IoU >= 0.9 is the strict part.
@@ -91,14 +90,6 @@ ENGINE_AMG_SETTINGS = dict(TOY_AMG_SETTINGS, pred_iou_thresh=0.5, stability_scor
 # 1. Training on a labelled set
 # train_toy trains on an endless world; the engine has a finite list of (image, masks). The
 # step itself is the same: InteractiveTraining, the paper's simulated annotation.
-
-
-def _hyper_parameters():
-    """train_toy's defaults (its argparse), so the two stay in step when they are retuned."""
-    defaults = train_toy.parse_args([])
-    return {k: getattr(defaults, k) for k in ("iters", "no_click_passes", "images_per_step",
-                                              "targets_per_image", "lr", "warmup",
-                                              "small_fraction", "small_size")}
 
 
 def downsized(labelled: list, size: int) -> list:
@@ -117,47 +108,35 @@ def downsized(labelled: list, size: int) -> list:
     return small
 
 
-def train_on_labels(model: minisam.Sam, labelled: list, steps: int, seed: int,
-                    warmup: int = None, from_scratch: bool = False, log=print) -> minisam.Sam:
+def from_scratch(budget: Budget, steps: int, seed: int) -> train_toy.TrainSettings:
+    """A fresh model's training: train_toy's settings, its first budget.small_steps at 32 px."""
+    return dataclasses.replace(train_toy.TrainSettings(), steps=steps, seed=seed,
+                               small_steps=budget.small_steps)
+
+
+def retraining(steps: int, seed: int) -> train_toy.TrainSettings:
+    """A round's fine-tuning of the current model: at full size, a short warmup."""
+    return dataclasses.replace(train_toy.TrainSettings(), steps=steps, seed=seed, warmup=10,
+                               small_steps=0)
+
+
+def train_on_labels(model: minisam.Sam, labelled: list, settings: train_toy.TrainSettings,
+                    log=print) -> minisam.Sam:
     """Fit `model` to `labelled`, a list of (image uint8 (H, W, 3), masks bool (K, H, W)) with
-    K >= 1, for `steps` AdamW steps, and return it (a new Sam when it was resized). Every step
-    draws images_per_step images and targets_per_image masks of each, with replacement, from a
-    generator seeded by (seed, step): the same call draws the same batches. from_scratch: the
-    first small_fraction of the steps run at small_size px (train_toy's progressive resizing,
-    about 5x cheaper per step); a fine-tuning stays at full size, where it is used."""
-    hp = _hyper_parameters()
-    warmup = hp["warmup"] if warmup is None else warmup
-    size = model.config.image_size
-    small_steps = round(hp["small_fraction"] * steps) if from_scratch else 0
-    sets = {size: labelled}
-    if small_steps:
-        model = resize_sam(model, hp["small_size"])
-        sets[hp["small_size"]] = downsized(labelled, hp["small_size"])
-    optimizer = make_optimizer(model, hp["lr"])
-    trainer = InteractiveTraining(model, hp["iters"], hp["no_click_passes"])
-    model.train()
-    losses, start = [], time.time()
-    for step in range(steps):
-        if step == small_steps and model.config.image_size != size:  # the small steps are over
-            model = resize_sam(model, size)
-            optimizer = make_optimizer(model, hp["lr"], optimizer.state_dict())
-            trainer = InteractiveTraining(model, hp["iters"], hp["no_click_passes"])
-        data = sets[model.config.image_size]
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        picks = torch.randint(len(data), (hp["images_per_step"],), generator=generator)
-        images, targets, index = stack_samples([data[i] for i in picks.tolist()],
-                                               hp["targets_per_image"], generator)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps, hp["lr"], warmup)
-        loss, _ = trainer(images, targets, index, generator)
-        optimisation_step(optimizer, loss, step)  # the engine saves no checkpoint
-        losses.append(loss.item())
-        if (step + 1) % 50 == 0:
-            log(f"    step {step + 1}/{steps} ({model.config.image_size} px)  loss "
-                f"{np.mean(losses[-50:]):.3f}  {(step + 1) / (time.time() - start):.2f} steps/s")
-    if model.config.image_size != size:  # a training too short to leave the small steps
-        model = resize_sam(model, size)
-    return model.eval()
+    K >= 1, with train_toy's loop, and return it (a new Sam when it was resized). Every step
+    draws images_per_step images and targets_per_image masks of each, with replacement: the
+    same call draws the same batches. The small steps train on the labels downsized."""
+    sets = {model.config.image_size: labelled}
+    if settings.small_steps:
+        sets[settings.small_size] = downsized(labelled, settings.small_size)
+
+    def batches(step, image_size):
+        data, generator = sets[image_size], step_generator(settings.seed, step)
+        picks = torch.randint(len(data), (settings.images_per_step,), generator=generator)
+        return (*stack_samples([data[i] for i in picks.tolist()], settings.targets_per_image,
+                               generator), generator)
+
+    return train(model, batches, settings, history=[], log=log).eval()
 
 
 def held_out_miou(model: minisam.Sam, images: int) -> dict:
@@ -335,7 +314,9 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
     world = engine_world(budget, seed)
     seed_set, pool = world[:budget.seed_images], world[budget.seed_images:]
     results = {"budget": dataclasses.asdict(budget), "brush": not give_up,
-               "hyper_parameters": _hyper_parameters(),
+               # the seed model's; the retrainings change steps, seed, warmup and small_steps
+               "hyper_parameters": dataclasses.asdict(from_scratch(budget, budget.seed_steps,
+                                                                   seed)),
                "miou_definition": "mean of held-out box-prompt mIoU and one-click mIoU (IoU "
                                   f"head's choice of 3), on EVAL_SEEDS[:{budget.eval_images}]",
                "clicks_per_mask_definition": "all clicks spent (including on masks given up "
@@ -353,8 +334,7 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
     torch.manual_seed(seed)
     model = minisam.Sam(minisam.CONFIGS["toy"])
     labelled = list(seed_set)  # everything labelled so far: (image, masks)
-    model = train_on_labels(model, labelled, budget.seed_steps, seed=seed, from_scratch=True,
-                            log=log)
+    model = train_on_labels(model, labelled, from_scratch(budget, budget.seed_steps, seed), log)
     seed_model = copy.deepcopy(model)
     results["seed_model"] = held_out_miou(model, budget.eval_images)
 
@@ -381,8 +361,7 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
             f"{rounds[-1]['masks_per_image']:.2f} masks/image, "
             f"{rounds[-1]['accepted_fraction']:.0%} of masks accepted; retraining "
             f"{budget.round_steps} steps on {len(labelled)} images")
-        model = train_on_labels(model, labelled, budget.round_steps, seed=seed + 1 + r,
-                                warmup=10, log=log)
+        model = train_on_labels(model, labelled, retraining(budget.round_steps, seed + 1 + r), log)
     results["stage1"] = {"rounds": rounds,
                          "masks_per_image": annotation_cost(stage1_results)["masks_per_image"],
                          "after_retraining": held_out_miou(model, budget.eval_images)}
@@ -421,8 +400,7 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
     say(f"stage 2: {results['stage2']['prefilled_fraction']:.0%} of masks pre-filled, "
         f"{results['stage2']['masks_per_image']:.2f} masks/image; retraining "
         f"{budget.round_steps} steps on {len(labelled)} images")
-    model = train_on_labels(model, labelled, budget.round_steps, seed=seed + 100, warmup=10,
-                            log=log)
+    model = train_on_labels(model, labelled, retraining(budget.round_steps, seed + 100), log)
     results["stage2"]["after_retraining"] = held_out_miou(model, budget.eval_images)
 
     # Stage 3, fully automatic: the generator labels the rest of the pool, nobody checks.
@@ -453,8 +431,8 @@ def run(budget: Budget, seed: int = 0, log=print, give_up: bool = False) -> tupl
             f"({len(data)} images, {sum(len(m) for _, m in data)} masks)")
         torch.manual_seed(seed + 7)
         fresh = minisam.Sam(minisam.CONFIGS["toy"])
-        finals[name] = train_on_labels(fresh, data, budget.final_steps, seed=seed + 200,
-                                       from_scratch=True, log=log)
+        finals[name] = train_on_labels(fresh, data, from_scratch(budget, budget.final_steps,
+                                                                 seed + 200), log)
     engine_q = held_out_miou(finals["engine"], budget.eval_images)
     truth_q = held_out_miou(finals["ground_truth"], budget.eval_images)
     results["final"] = {
@@ -479,8 +457,6 @@ def make_figures(results: dict, examples: list, out: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    import make_figures as drawing  # lessons/make_figures.py: the drawing rules of the lessons
-
     rounds = results["stage1"]["rounds"]
     x = np.arange(1, len(rounds) + 1)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.2), layout="constrained")
@@ -501,15 +477,17 @@ def make_figures(results: dict, examples: list, out: Path) -> None:
     fig, axes = plt.subplots(2, len(examples), figsize=(2.3 * len(examples), 5.2),
                              squeeze=False, layout="constrained")
     for column, (title, image, truth, masks, brushed) in zip(axes.T, examples):
-        drawing.show(column[0], image)
+        train_toy.show(column[0], image)
         for mask in truth:
-            drawing.outline(column[0], mask)
+            train_toy.outline(column[0], mask)
         column[0].set_title(f"{title}\n{len(truth)} true masks", fontsize=9)
-        drawing.show(column[1], image)
+        train_toy.show(column[1], image)
         for mask, by_hand in zip(masks, brushed):
-            drawing.fill(column[1], mask, BRUSHED if by_hand else drawing.PREDICTED, alpha=0.35)
+            train_toy.fill(column[1], mask, BRUSHED if by_hand else train_toy.PREDICTED,
+                           alpha=0.35)
         column[1].set_title(f"labels saved: {len(masks)}", fontsize=9)
-    fig.legend(handles=[Patch(facecolor=(*drawing.PREDICTED, 0.5), label="drawn by the model"),
+    fig.legend(handles=[Patch(facecolor=(*train_toy.PREDICTED, 0.5),
+                              label="drawn by the model"),
                         Patch(facecolor=(*BRUSHED, 0.5), label="finished with the brush")],
                loc="outside lower center", ncol=2, fontsize=8, facecolor="#d9d9d9")
     fig.savefig(out / "labels.png", dpi=120)
@@ -561,9 +539,9 @@ def parse_args(argv=None):
     p.add_argument("--give-up", action="store_true",
                    help="an annotator without the paper's brush and eraser: it gives up on the "
                         "masks its clicks cannot finish")
-    # One thread by default: at the toy's size a second thread made the engine no faster on
-    # a 2-core machine (the seed model took 2.1 minutes on one, 2.3 on two), and the numbers
-    # of a run depend on its thread count, so the default gives the same run on every machine
+    # One thread by default: at the toy's size a second thread makes the engine no faster
+    # (lessons/experiments.md, "How long does the default take?"), and the numbers of a run
+    # depend on its thread count, so the default gives the same run on every machine
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     for field in dataclasses.fields(Budget):  # every budget entry can be overridden
         p.add_argument("--" + field.name.replace("_", "-"), type=field.type, default=None,
@@ -583,7 +561,7 @@ def parse_args(argv=None):
         if field.name == "accept_iou":
             if not 0 < value <= 1:
                 p.error(f"{flag} must be in (0, 1], got {value}")
-        elif field.name in ("stage2_images", "stage3_images"):
+        elif field.name in ("stage2_images", "stage3_images", "small_steps"):
             if value < 0:
                 p.error(f"{flag} must be >= 0, got {value}")
         elif value < 1:

@@ -16,19 +16,15 @@ The figures of a trained model draw the toy checkpoint that ships with minisam,
 lessons/toy_sam.pt (`trained_model`), on held-out images (train_toy.EVAL_SEEDS): the model
 that `minisam.build_sam("toy", checkpoint="lessons/toy_sam.pt")` gives a reader.
 
-How masks are drawn. The toy world paints its objects in random RGB colours, so no colour is
-safe on top of them; wherever a mask is shown, the image is shown in grey, and
-  - a model's mask is a blue fill,
-  - the true mask is a white line edged in black,
-  - a foreground click is a green plus, a background click a red cross, both edged in black,
-  - a box prompt is a yellow frame edged in black.
-A panel with a predicted mask prints the IoU the model predicts for it and its true IoU.
+How masks are drawn (a blue fill for a model's mask, a white line for the true one, green and
+red marks for clicks, a yellow frame for a box, on the image in grey) is train_toy.py's, in
+its section "Pictures": train_toy.py draws a run's pictures by the same rules.
 """
 
 import argparse
 import functools
-import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -41,19 +37,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # so `python lessons/make_figures.py` finds minisam
 import finetune  # noqa: E402
 import minisam  # noqa: E402
 import train_toy  # noqa: E402
-from train_toy import MATCH_IOU, precision_recall  # noqa: E402
+from train_toy import (AMG_IMAGE, LEVELS, MATCH_IOU, draw_clicks, fill, iou,  # noqa: E402
+                       legend, mask_panel, outline, prompt_panels, save_figure, scores, show,
+                       three_level_objects)
 
 FIGURES_DIR = Path(__file__).resolve().parent / "figures"
-DPI = 100
 FIGURES = {}  # name -> function(path) drawing lessons/figures/<name>.png
 
 
@@ -61,97 +55,6 @@ def figure(fn):
     """Register a figure function; its name is the PNG's name."""
     FIGURES[fn.__name__] = fn
     return fn
-
-
-def save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
-
-
-# -----------------------------------------------------------------------------
-# Drawing masks, truths and prompts over the toy world (the rules of the docstring)
-
-PREDICTED = (0.1, 0.4, 1.0)  # blue fill: a model's mask
-BOX = "#ffd92f"  # yellow frame: a box prompt
-EDGED = [patheffects.withStroke(linewidth=3.4, foreground="black")]  # a black edge under a line
-CLICKS = {1: dict(marker="P", color="#3cf03c"), 0: dict(marker="X", color="#ff3c3c")}
-
-
-def grey(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) luminance: the toy world without its colours."""
-    return image @ np.array([0.299, 0.587, 0.114])
-
-
-def show(ax, image: np.ndarray, colour: bool = False) -> None:
-    if colour:
-        ax.imshow(image, interpolation="nearest")
-    else:  # in mid greys (0.25 to 0.85), so that white and black lines stand out on it
-        ax.imshow(grey(image), cmap="gray", vmin=-106, vmax=319, interpolation="nearest")
-    ax.axis("off")
-
-
-def fill(ax, mask: np.ndarray, colour=PREDICTED, alpha: float = 0.6) -> None:
-    rgba = np.zeros((*mask.shape, 4))
-    rgba[mask] = (*colour, alpha)
-    ax.imshow(rgba, interpolation="nearest")
-
-
-def outline(ax, mask: np.ndarray, linestyle: str = "-") -> None:
-    """The true mask: a white line on a black edge, along the pixel borders of `mask`."""
-    if mask.any() and not mask.all():
-        lines = ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=1.4,
-                           linestyles=linestyle)
-        lines.set_path_effects(EDGED)
-
-
-def draw_clicks(ax, points, labels, size: float = 10) -> None:
-    for (x, y), label in zip(np.asarray(points).tolist(), np.asarray(labels).tolist()):
-        ax.plot(x, y, ls="", markersize=size, markeredgecolor="black", markeredgewidth=1.3,
-                **CLICKS[int(label)])
-
-
-def draw_box(ax, box) -> None:
-    """box: x0, y0, x1, y1 in inclusive pixel indices, framed around those pixels."""
-    x0, y0, x1, y1 = np.asarray(box, dtype=float).tolist()
-    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
-                           edgecolor=BOX, linewidth=1.6, path_effects=EDGED, zorder=3))
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return minisam.mask_iou(torch.from_numpy(a), torch.from_numpy(b)).item()
-
-
-def mask_panel(ax, image, mask=None, truth=None, points=(), labels=(), box=None, title="",
-               colour=False) -> None:
-    """One panel: the image (grey unless `colour`), a predicted mask, the true mask, prompts."""
-    show(ax, image, colour)
-    if mask is not None:
-        fill(ax, mask)
-    if truth is not None:
-        outline(ax, truth)
-    if box is not None:
-        draw_box(ax, box)
-    draw_clicks(ax, points, labels)
-    ax.set_title(title, fontsize=9)
-
-
-def scores(predicted: float, mask: np.ndarray, truth: np.ndarray) -> str:
-    return f"predicted IoU {predicted:.2f}, true {iou(mask, truth):.2f}"
-
-
-def legend(fig, *items) -> None:
-    """A legend under a figure made with layout="constrained", for the given items of the
-    drawing rules."""
-    handles = {
-        "mask": Patch(facecolor=(*PREDICTED, 0.6), edgecolor="none", label="predicted mask"),
-        "truth": Line2D([], [], color="white", lw=1.4, path_effects=EDGED, label="true mask"),
-        "box": Line2D([], [], color=BOX, lw=1.6, path_effects=EDGED, label="box prompt"),
-        "positive": Line2D([], [], ls="", markersize=9, markeredgecolor="black",
-                           label="foreground click", **CLICKS[1]),
-        "negative": Line2D([], [], ls="", markersize=9, markeredgecolor="black",
-                           label="background click", **CLICKS[0])}
-    fig.legend(handles=[handles[i] for i in items], loc="outside lower center",
-               ncol=len(items), facecolor="#d9d9d9", fontsize=9)
 
 
 # -----------------------------------------------------------------------------
@@ -175,104 +78,13 @@ def _load(path: Path):
     return model, f"{path.name}, {step} training steps"
 
 
-RUN = None  # (model, label) while draw_run draws a model train_toy.py has just trained
-
-
 def trained_model() -> minisam.Sam:
     """The toy model of CHECKPOINT (lessons/toy_sam.pt unless --checkpoint), loaded once."""
-    return RUN[0] if RUN else _load(CHECKPOINT)[0]
+    return _load(CHECKPOINT)[0]
 
 
 def model_label() -> str:
-    return RUN[1] if RUN else _load(CHECKPOINT)[1]
-
-
-def draw_run(model: minisam.Sam, label: str, paths: dict) -> None:
-    """train_toy.py's pictures of the model it has trained: the figures named in `paths`
-    ({figure name: PNG path}), drawn with `model` in place of the checkpoint."""
-    global RUN
-    RUN = (model.eval(), label)
-    try:
-        for name, path in paths.items():
-            FIGURES[name](path)
-    finally:
-        RUN = None
-
-
-# Images for the figures of a trained model: the held-out objects with all three levels
-# (whole -> part -> subpart), where one click is ambiguous three ways. Among the first
-# CHOICE_IMAGES held-out images, the one whose subpart is largest opens the README (a small
-# window would be hard to see), the next ones fill lesson 6's gallery. A rule on the world
-# alone: the model's predictions play no part in the choice.
-CHOICE_IMAGES = 16
-
-
-def three_level_objects() -> list:
-    """[(seed, (whole, part, subpart) mask indices)], one per held-out image that has such an
-    object (its largest subpart), largest subpart first."""
-    found = []
-    for seed in train_toy.EVAL_SEEDS[:CHOICE_IMAGES]:
-        _, masks, parents = train_toy.make_world(seed)
-        chains = [(parents[parents[k]], parents[k], k) for k in range(len(masks))
-                  if parents[k] >= 0 and parents[parents[k]] >= 0]
-        if chains:
-            chain = max(chains, key=lambda c: masks[c[2]].sum())
-            found.append((masks[chain[2]].sum(), seed, chain))
-    return [(seed, chain) for _, seed, chain in sorted(found, key=lambda f: -f[0])]
-
-
-LEVELS = ("whole", "part", "subpart")
-
-
-def prompt_panels(predictor: minisam.SamPredictor, seed: int, chain) -> list:
-    """The prompts of the README's first figure on one held-out image, as a list of 8
-    mask_panel arguments: the image with one click in the subpart (at its interior point,
-    the evaluation's first click); the click's three masks, largest first, each beside the
-    level it matches best; a box on the part (its tight box); and the evaluation's
-    interactive protocol for the part: a click at its interior point, the IoU head's choice
-    of the three masks, then two corrective clicks (`largest_error_click`), each fed the
-    previous low-res logits."""
-    image, masks, _ = train_toy.make_world(seed)
-    levels = masks[list(chain)]  # (3, H, W): whole, part, subpart
-    predictor.set_image(image)
-
-    def interior(mask):
-        return train_toy.interior_point(torch.from_numpy(mask)[None]).numpy()  # (1, 2) x, y
-
-    click, positive = interior(levels[2]), np.array([1])
-    panels = [dict(points=click, labels=positive, colour=True,
-                   title=f"held-out image {seed}\none click")]
-    out, predicted, _ = predictor.predict(click, positive)
-    for k in np.argsort(-out.sum((1, 2)), kind="stable"):
-        match = max(range(3), key=lambda j: iou(out[k], levels[j]))
-        panels.append(dict(mask=out[k], truth=levels[match], points=click, labels=positive,
-                           title=f"mask {len(panels)}: nearest the {LEVELS[match]}\n"
-                                 f"{scores(predicted[k], out[k], levels[match])}"))
-
-    part = levels[1]
-    box = minisam.batched_mask_to_box(torch.from_numpy(part)).numpy()
-    mask, predicted, _ = predictor.predict(box=box, multimask_output=False)
-    panels.append(dict(mask=mask[0], truth=part, box=box,
-                       title=f"a box on the part\n{scores(predicted[0], mask[0], part)}"))
-
-    points, labels = interior(part), [1]
-    out, predicted, low_res = predictor.predict(points, np.array(labels))
-    best = predicted.argmax()  # the IoU head's choice
-    mask, predicted, low_res = out[best], predicted[best], low_res[best][None]
-    for n in range(1, 4):
-        if n > 1:
-            new, label = train_toy.largest_error_click(torch.from_numpy(mask)[None],
-                                                       torch.from_numpy(part)[None])
-            points, labels = np.concatenate([points, new.numpy()]), labels + [int(label)]
-            out, predicted, low_res = predictor.predict(points, np.array(labels),
-                                                        mask_input=low_res,
-                                                        multimask_output=False)
-            mask, predicted = out[0], predicted[0]
-        what = "the IoU head's choice" if n == 1 else "a corrective click"
-        panels.append(dict(mask=mask, truth=part, points=points, labels=labels,
-                           title=f"part, {n} click{'s' * (n > 1)}: {what}\n"
-                                 f"{scores(predicted, mask, part)}"))
-    return [dict(image=image, **p) for p in panels]
+    return _load(CHECKPOINT)[1]
 
 
 @figure
@@ -287,24 +99,13 @@ def hero(path: Path) -> None:
     fig.suptitle(f"minisam's toy model ({model_label()}) on a held-out image:\n"
                  "one click gives three masks; a box or more clicks say which one")
     legend(fig, "mask", "truth", "positive", "negative", "box")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 @figure
 def one_click_three_masks(path: Path) -> None:
     """Lesson 6's gallery: the hero's prompts on the next held-out images."""
-    predictor = minisam.SamPredictor(trained_model())
-    rows = three_level_objects()[1:4]
-    fig, axes = plt.subplots(len(rows), 6, figsize=(15, 2.9 * len(rows) + 0.8),
-                             squeeze=False, layout="constrained")
-    for row, (seed, chain) in zip(axes, rows):
-        panels = prompt_panels(predictor, seed, chain)
-        for ax, panel in zip(row, panels[:5] + panels[-1:]):  # the last: after 3 clicks
-            mask_panel(ax, **panel)
-    fig.suptitle(f"held-out images, toy model {model_label()}: one click -> three masks; a box "
-                 "on the part; the part after three clicks")
-    legend(fig, "mask", "truth", "positive", "negative", "box")
-    save(fig, path)
+    train_toy.draw_gallery(trained_model(), model_label(), path)
 
 
 # -----------------------------------------------------------------------------
@@ -329,7 +130,7 @@ def promptable_task(path: Path) -> None:
                    title=f"valid mask\n{name}")
         fill(ax, masks[k], colour=(1.0, 0.55, 0.0))  # orange: a true mask, not a prediction
     fig.suptitle("train_toy.make_world(4): one click, three valid answers", y=1.02)
-    save(fig, path)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -413,7 +214,7 @@ def window_attention(path: Path) -> None:
                matplotlib.lines.Line2D([], [], marker="s", color="orange", ls="",
                                        markeredgecolor="k", label="query token")]
     fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.4, -0.04))
-    save(fig, path)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -450,7 +251,7 @@ def fourier_features(path: Path) -> None:
         ax.set_yticks([0, 1])
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle("similarity of every position's encoding to the point x", y=1.02)
-    save(fig, path)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -546,7 +347,7 @@ def decoder_attention(path: Path) -> None:
                  f"over heads)\nnear: the {int(near.sum())} cells of the {g}x{g} map within "
                  f"1.5 cells of the click ({near.float().mean():.0%} of them); far: over 5 away")
     legend(fig, "mask", "truth", "positive")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -628,7 +429,7 @@ def losses(path: Path) -> None:
            title="(c) min over outputs: each output takes one mask")
     ax.legend(fontsize=8, loc=(0.45, 0.6))
     fig.tight_layout()
-    save(fig, path)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -665,7 +466,7 @@ def simulated_annotation(path: Path) -> None:
                    title=f"pass {it + 1}: {kind}\n{scores(predicted[best], out[best], part)}")
     fig.suptitle(f"one held-out target through the training loop's passes ({model_label()})")
     legend(fig, "mask", "truth", "positive", "negative")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 DEFAULT_RUN = None  # --default-run: a checkpoint of the default `python train_toy.py`
@@ -691,7 +492,7 @@ def miou_vs_clicks(path: Path) -> None:
            title="held-out mIoU against the number of clicks")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 @figure
@@ -715,17 +516,13 @@ def learning_curves(path: Path) -> None:
            ylabel=f"held-out mIoU ({train_toy.CURVE_IMAGES} images)", title="learning curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
 # Lesson 07: automatic masks. The generator's settings are train_toy.TOY_AMG_SETTINGS, read
 # when a figure is drawn (they are chosen for the shipped checkpoint); the rest, like the
 # stability offset, are the generator's defaults.
-
-AMG_IMAGE = 1  # the held-out image the figures show: EVAL_SEEDS[1] has four objects, one of
-# three levels; precision and recall are scored on train_toy.AMG_EVAL_IMAGES held-out images
-
 
 def toy_generator() -> minisam.SamAutomaticMaskGenerator:
     return minisam.SamAutomaticMaskGenerator(trained_model(), **train_toy.TOY_AMG_SETTINGS)
@@ -799,75 +596,14 @@ def stability_score(path: Path) -> None:
                  f"and > {threshold - offset:+g}\n({model_label()}, held-out image "
                  f"{train_toy.EVAL_SEEDS[AMG_IMAGE]}, two candidates of the generator's grid)")
     legend(fig, "mask", "truth", "positive")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 @figure
 def automatic_masks(path: Path) -> None:
     """The automatic masks of one held-out image beside its true masks, and the precision
     and recall at IoU >= MATCH_IOU on train_toy.AMG_EVAL_IMAGES held-out images."""
-    seeds = train_toy.EVAL_SEEDS[:train_toy.AMG_EVAL_IMAGES]
-    overall = train_toy.automatic_mask_scores(trained_model(), seeds,
-                                              **train_toy.TOY_AMG_SETTINGS)
-    image, truths = train_toy.make_sample(train_toy.EVAL_SEEDS[AMG_IMAGE])
-    records = toy_generator().generate(image)
-    found = np.array([r["segmentation"] for r in records], bool).reshape(-1, *image.shape[:2])
-    predicted = [r["predicted_iou"] for r in records]
-    here = precision_recall([found], [truths])
-    ious = minisam.mask_iou(torch.from_numpy(found)[:, None], torch.from_numpy(truths)[None])
-    ious = ious.numpy().reshape(len(found), len(truths))  # (automatic, true)
-
-    # below: every true mask, largest first, with the automatic mask nearest it; then all the
-    # automatic masks that are near no true mask (the false positives)
-    order = np.argsort(-truths.sum((1, 2)), kind="stable")
-    panels = []
-    for n, j in enumerate(order):
-        r = ious[:, j].argmax() if len(found) else None
-        if r is None:
-            title = "missed"
-        elif ious[r, j] >= MATCH_IOU:
-            title = f"found\npredicted IoU {predicted[r]:.2f}, true {ious[r, j]:.2f}"
-        else:
-            title = f"missed\n(nearest automatic: IoU {ious[r, j]:.2f})"
-        panels.append((None if r is None else found[r], truths[j], f"true mask {n + 1}: {title}"))
-    wrong = [r for r in range(len(found)) if ious[r].max(initial=0) < MATCH_IOU]
-    columns = 6
-    rows = -(-(len(panels) + 1) // columns)  # and one panel for the wrong automatic masks
-    fig = plt.figure(figsize=(2.1 * columns, 4.3 + 2.3 * rows), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=(4.1, 2.3 * rows))
-    axes = top.subplots(1, 3)
-    show(axes[0], image, colour=True)
-    axes[0].set_title(f"held-out image {train_toy.EVAL_SEEDS[AMG_IMAGE]}", fontsize=10)
-    palette = plt.get_cmap("tab10")
-
-    def fills(ax, rows):
-        """Automatic masks in colours of their own (the image is grey): large first."""
-        show(ax, image)
-        for n, r in enumerate(sorted(rows, key=lambda r: -found[r].sum())):
-            fill(ax, found[r], colour=palette(n % 10)[:3], alpha=0.75)
-
-    fills(axes[1], range(len(found)))
-    axes[1].set_title(f"{len(found)} automatic masks\nprecision {here['precision']:.2f}, "
-                      f"recall {here['recall']:.2f}", fontsize=10)
-    show(axes[2], image)
-    for j in order:
-        outline(axes[2], truths[j])
-    axes[2].set_title(f"{len(truths)} true masks\n(wholes, parts, subparts)", fontsize=10)
-    settings = ", ".join(f"{k}={v}" for k, v in train_toy.TOY_AMG_SETTINGS.items())
-    top.suptitle(f"automatic masks of {model_label()}, train_toy.TOY_AMG_SETTINGS ({settings})"
-                 f"\non {len(seeds)} held-out images: {overall['masks_per_image']:.1f} masks "
-                 f"per image, precision {overall['precision']:.2f}, recall "
-                 f"{overall['recall']:.2f} (right: IoU >= {MATCH_IOU:g} with some true mask)")
-    axes = bottom.subplots(rows, columns, squeeze=False).flat
-    for ax, (mask, truth, title) in zip(axes, panels):
-        mask_panel(ax, image, mask, truth, title=title)
-    fills(axes[len(panels)], wrong)
-    axes[len(panels)].set_title(f"{len(wrong)} automatic mask{'s' * (len(wrong) != 1)}\n"
-                                "matching no true mask", fontsize=9)
-    for ax in axes[len(panels) + 1:]:
-        ax.axis("off")
-    legend(fig, "mask", "truth")
-    save(fig, path)
+    train_toy.draw_automatic_masks(trained_model(), model_label(), path)
 
 
 # -----------------------------------------------------------------------------
@@ -906,7 +642,7 @@ def parameter_counts_by_preset(path: Path) -> None:
     ax.set_title("Parameters per preset: the image encoder is nearly all of SAM")
     ax.legend(loc="upper left", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    save(fig, path)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -918,49 +654,17 @@ FINETUNE_IMAGES = 200  # the shifted toy images lesson 10 exports and fine-tunes
 @figure
 def finetuning(path: Path) -> None:
     """Lesson 10's run, redone: FINETUNE_IMAGES toy worlds exported in the shifted style,
-    the checkpoint fine-tuned on them with finetune.py's defaults (decoder only), then the
-    first three held-out images in the split's order, on the mask finetune.py's own
-    examples take (the middle one): the truth, and a box and a click before and after."""
+    the checkpoint fine-tuned on them with finetune.py's defaults (decoder only), and the
+    picture that run draws (OUT/examples.png): the first three held-out images in the
+    split's order, on the mask finetune.py's examples take (the middle one), the truth and
+    a box and a click before and after."""
     with tempfile.TemporaryDirectory() as scratch:
         data, out = Path(scratch) / "shifted", Path(scratch) / "out"
-        finetune.main(["--export-toy", str(data), "--images", str(FINETUNE_IMAGES), "--shifted"])
-        argv = ["--data", str(data), "--config", "toy", "--checkpoint", str(CHECKPOINT),
-                "--out", str(out)]
-        finetune.main(argv)
-        args = finetune.parse_args(argv)
-        metrics = json.loads((out / "metrics.json").read_text())
-        before, after = trained_model(), minisam.build_sam("toy", checkpoint=out / "ckpt.pt")
-        S = before.config.image_size
-        _, held_out = finetune.split(finetune.read_data(data), args.val_fraction)
-        samples = [finetune.load_sample(entry, S) for entry in held_out[:3]]
-        finetune.cache_embeddings(before, samples, out / "embeddings")  # the run cached them
-        answers = {"before": finetune.examples(before, samples),
-                   "after": finetune.examples(after, samples)}
-        images = [finetune.read_image(sample.image) for sample in samples]  # S x S: no resize
-    fig, axes = plt.subplots(len(samples), 5, figsize=(13, 2.9 * len(samples) + 1.2),
-                             squeeze=False, layout="constrained")
-    for i, (row, sample, image) in enumerate(zip(axes, samples, images)):
-        truth = finetune.targets_of(sample, [len(sample.masks) // 2])  # (1, S, S)
-        box = minisam.batched_mask_to_box(truth)[0].numpy()
-        click = train_toy.interior_point(truth).numpy()  # (1, 2): where examples() clicks
-        truth = truth[0].numpy()
-        mask_panel(row[0], image, truth=truth, colour=True,
-                   title=f"held-out {sample.image.name}\nthe mask to find")
-        for ax, (prompt, when) in zip(row[1:], [(p, w) for p in ("box", "click")
-                                                for w in ("before", "after")]):
-            mask, predicted = answers[when][i][prompt]
-            mask = mask.numpy()
-            mask_panel(ax, image, mask, truth, *((click, [1]) if prompt == "click" else ()),
-                       box=box if prompt == "box" else None,
-                       title=f"{when}, {'a box' if prompt == 'box' else 'one click'}\n"
-                             f"{scores(predicted, mask, truth)}")
-    b, a = (metrics[when]["box_miou"] for when in ("before", "after"))
-    fig.suptitle(f"the toy model ({model_label()}) on the shifted domain, before and after "
-                 f"{metrics['steps']} steps of `finetune.py` (decoder only)\n"
-                 f"box mIoU on all {metrics['held_out_images']} held-out images: {b:.3f} before, "
-                 f"{a:.3f} after")
-    legend(fig, "mask", "truth", "positive", "box")
-    save(fig, path)
+        train_toy.export_toy(data, FINETUNE_IMAGES, shifted=True)
+        trained_model()  # loads CHECKPOINT, printing which one is fine-tuned
+        finetune.main(["--data", str(data), "--config", "toy", "--checkpoint", str(CHECKPOINT),
+                       "--out", str(out)])
+        shutil.copyfile(out / "examples.png", path)
 
 
 # -----------------------------------------------------------------------------

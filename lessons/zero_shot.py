@@ -23,10 +23,10 @@ Everything is written to lessons/figures/zero_shot/ (results.json and the figure
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -282,14 +282,19 @@ WORLD_COUNTS = (1, 2, 4, len(TRAINING_WORLDS))
 IMAGE_COUNTS = (140, ABLATION_IMAGES, None)  # None: a new image every draw (2400 draws)
 
 
+SHORT_SETTINGS = train_toy.TrainSettings(steps=SHORT_RUN, lr=1e-3, warmup=30, small_steps=0)
+
+
 def short_run(worlds: tuple, images: int = None) -> minisam.Sam:
-    with tempfile.TemporaryDirectory() as out:
-        train_toy.main(["--out", out, "--worlds", ",".join(w.name for w in worlds),
-                        "--init", str(MODELS["one-world"]), "--steps", str(SHORT_RUN),
-                        "--lr", "1e-3", "--warmup", "30", "--small-fraction", "0",
-                        "--curve-every", str(SHORT_RUN), "--save-every", str(SHORT_RUN)]
-                       + ([] if images is None else ["--images", str(images)]))
-        return minisam.build_sam("toy", checkpoint=Path(out) / "ckpt.pt").eval()
+    """The one-world model trained SHORT_RUN steps on `worlds` by train_toy's loop (`images`:
+    a fixed data set of that many, as `train_toy.py --train-images`)."""
+    settings = SHORT_SETTINGS
+
+    def batches(step, size):
+        return train_toy.training_batch(step, settings.seed, 0, settings.images_per_step,
+                                        settings.targets_per_image, size, worlds, images)
+
+    return train_toy.train(load("one-world"), batches, settings, history=[]).eval()
 
 
 def train_specialists() -> dict:
@@ -299,7 +304,8 @@ def train_specialists() -> dict:
         model = short_run((world,))
         scores[world.name] = {**single_point(model, world), "train_minutes": (time.time() - start) / 60}
         print(f"specialist {world.name}: box {scores[world.name]['box']:.3f}", flush=True)
-    return {"steps": SHORT_RUN, "threads": torch.get_num_threads(), "worlds": scores}
+    return {"steps": SHORT_RUN, "settings": dataclasses.asdict(SHORT_SETTINGS),
+            "threads": torch.get_num_threads(), "worlds": scores}
 
 
 def held_out_means(model: minisam.Sam) -> dict:
@@ -308,7 +314,8 @@ def held_out_means(model: minisam.Sam) -> dict:
 
 
 def data_ablation() -> dict:
-    runs = {"steps": SHORT_RUN, "worlds": {}, "images": {}}
+    runs = {"steps": SHORT_RUN, "settings": dataclasses.asdict(SHORT_SETTINGS), "worlds": {},
+            "images": {}}
     for count in WORLD_COUNTS:
         runs["worlds"][count] = held_out_means(short_run(TRAINING_WORLDS[:count], ABLATION_IMAGES))
         print(f"{count} worlds: held-out box {runs['worlds'][count]['box']:.3f}", flush=True)
@@ -471,7 +478,7 @@ def run(specialists: bool, ablation: bool) -> dict:
     if (OUT / "ablation.json").exists():
         ablation_runs = json.loads((OUT / "ablation.json").read_text())
         results["ablation"] = {kind: {n: {k: r[k] for k in ("box", "oracle")} for n, r in rows.items()}
-                               for kind, rows in ablation_runs.items() if kind != "steps"}
+                               for kind, rows in ablation_runs.items() if kind in ("worlds", "images")}
         draw_ablation(ablation_runs, OUT / "ablation.png")
     results["means"] = {name: {key: mean(rows, key) for key in ("box", "oracle", "choice")}
                         | {"after_5_clicks": float(np.mean([r["clicks"][4] for r in rows.values()]))}
