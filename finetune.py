@@ -508,6 +508,19 @@ def table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+# Whether the image encoder trains too. A frozen encoder keeps what its pre-training learnt and
+# costs only decoder passes, the one choice for ViT-B/L/H on a CPU (lesson 10). A small one
+# (the toy's 0.5M weights) trains in minutes, and on a domain far from its training it is the
+# encoder's features that must change (lessons/experiments.md, "Does fine-tuning the encoder
+# help on a new world?").
+SMALL_ENCODER = 10**7
+
+
+def encoder_weights(config) -> int:
+    with torch.device("meta"):  # counted without allocating them
+        return sum(p.numel() for p in minisam.Sam(config).image_encoder.parameters())
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Fine-tune SAM on your own masks (SA-1B folder or "
                                             "COCO instances JSON).")
@@ -520,8 +533,13 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="the part of the images held out, chosen by file name")
-    p.add_argument("--train-encoder", action="store_true",
-                   help="train the whole model (default: the image encoder is frozen)")
+    encoder = p.add_mutually_exclusive_group()
+    encoder.add_argument("--train-encoder", action="store_true", default=None,
+                         help="train the whole model (the default for an image encoder of at "
+                              f"most {SMALL_ENCODER:,} weights, such as the toy's)")
+    encoder.add_argument("--freeze-encoder", dest="train_encoder", action="store_false",
+                         help="train the prompt encoder and mask decoder only (the default for "
+                              "ViT-B/L/H)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt to --steps")
     p.add_argument("--eval-only", action="store_true",
                    help="score --checkpoint and, if there is one, OUT/ckpt.pt; no training")
@@ -530,6 +548,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.data is None:
         p.error("--data is required")
+    if args.train_encoder is None:
+        args.train_encoder = encoder_weights(CONFIGS[args.config]) <= SMALL_ENCODER
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
     if not args.lr > 0:
@@ -544,6 +564,20 @@ def parse_args(argv=None):
     if args.data is not None and args.out.resolve().is_relative_to(args.data.resolve()):
         p.error(f"--out {args.out} lies inside --data {args.data}; nothing is written there")
     return args
+
+
+def read_samples(args, S: int) -> tuple:
+    """The training and held-out samples of --data, in the model's frame."""
+    train_entries, val_entries = split(read_data(args.data), args.val_fraction)
+    if not train_entries and not args.eval_only:
+        raise ValueError(f"{args.data}: {len(val_entries)} image(s) are all held out; none is "
+                         "left to train on")
+    # the held-out images are read first: an error in them shows up before any training
+    val = [s for s in (load_sample(e, S) for e in val_entries) if s is not None]
+    train = [s for s in (load_sample(e, S) for e in train_entries) if s is not None]
+    if not val or not (train or args.eval_only):
+        raise ValueError(f"{args.data}: no masks left to {'score' if not val else 'train on'}")
+    return train, val
 
 
 def main(argv=None):
@@ -562,15 +596,10 @@ def main(argv=None):
             if args.resume and state[key] != getattr(args, key):
                 raise SystemExit(f"{ckpt_path} was trained with {key} {state[key]}; resuming "
                                  f"with {getattr(args, key)} would not continue that run")
-    train_entries, val_entries = split(read_data(args.data), args.val_fraction)
-    if not train_entries and not args.eval_only:
-        raise ValueError(f"{args.data}: {len(val_entries)} image(s) are all held out; none is "
-                         "left to train on")
-    # the held-out images are read first: an error in them shows up before any training
-    val = [s for s in (load_sample(e, S) for e in val_entries) if s is not None]
-    train = [s for s in (load_sample(e, S) for e in train_entries) if s is not None]
-    if not val or not (train or args.eval_only):
-        raise ValueError(f"{args.data}: no masks left to {'score' if not val else 'train on'}")
+    try:  # bad data ends the command with the reader's message, naming the file
+        train, val = read_samples(args, S)
+    except ValueError as e:
+        raise SystemExit(f"finetune.py: {e}") from None
     print(f"{args.data}: {len(train)} training and {len(val)} held-out images, "
           f"{sum(len(s.masks) for s in train)} and {sum(len(s.masks) for s in val)} masks")
 

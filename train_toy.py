@@ -3,12 +3,13 @@ train_toy.py: train minisam the way the paper trains SAM, on a procedural world 
 
     python train_toy.py                       # the toy model, from scratch, on a CPU
     python train_toy.py --eval-only           # evaluate out/ckpt.pt again
-    python train_toy.py --export-toy DIR --images 200 [--shifted]  # for finetune.py
+    python train_toy.py --export-toy DIR --images 200 [--shifted] [--worlds W]  # for finetune.py
     torchrun --standalone --nproc_per_node=2 train_toy.py  # data-parallel
 
 Three parts, in the order of the paper's appendix A, and pictures:
-  1. the toy world: images of objects made of parts and subparts, so that one click is
-     genuinely ambiguous (whole, part or subpart), with every valid mask as a target;
+  1. the toy worlds: images of objects made of parts and subparts, so that one click is
+     genuinely ambiguous (whole, part or subpart), with every valid mask as a target, drawn
+     in worlds of many kinds (the toy SA-1B, and held-out worlds to test transfer on);
   2. training as simulated interactive annotation: a first prompt, corrective clicks in the
      error region, the previous mask fed back, focal + dice + IoU losses; and the training
      loop (`train`, with `TrainSettings`) that finetune.py and the data engine use too;
@@ -394,11 +395,12 @@ def shifted_style(image: np.ndarray, masks: np.ndarray, seed: int) -> np.ndarray
 EXPORT_SEEDS = range(2 * 10**6, 3 * 10**6)  # worlds neither trained nor scored on
 
 
-def export_toy(folder: Path, images: int, shifted: bool) -> None:
-    """Write `images` toy worlds (EXPORT_SEEDS) to `folder` in SA-1B's layout."""
+def export_toy(folder: Path, images: int, shifted: bool, worlds: tuple = (SHAPES,)) -> None:
+    """Write `images` toy images (EXPORT_SEEDS) to `folder` in SA-1B's layout, the i-th drawn
+    in worlds[i % len(worlds)]."""
     folder.mkdir(parents=True, exist_ok=True)
-    for seed in EXPORT_SEEDS[:images]:
-        image, masks, _ = make_world(seed)
+    for i, seed in enumerate(EXPORT_SEEDS[:images]):
+        image, masks, _ = make_world(seed, world=worlds[i % len(worlds)])
         if shifted:
             image = shifted_style(image, masks, seed)
         name = f"toy_{seed}"
@@ -1364,8 +1366,9 @@ def parse_args(argv=None):
                         "resizing; 0: none); a resumed run keeps them where they were")
     p.add_argument("--small-size", type=int, default=DEFAULTS.small_size, metavar="PX")
     p.add_argument("--worlds", default="shapes",
-                   help="the worlds to train on: comma-separated names of train_toy.WORLDS, or "
-                        "'training' for all of TRAINING_WORLDS (the toy SA-1B)")
+                   help="the worlds to train on (or, with --export-toy, to export): "
+                        "comma-separated names of train_toy.WORLDS, or 'training' for all of "
+                        "TRAINING_WORLDS (the toy SA-1B)")
     p.add_argument("--train-images", type=int, metavar="N",
                    help="train on N fixed images, spread evenly over --worlds (default: a new "
                         "image every draw)")
@@ -1533,7 +1536,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.export_toy is not None:
-        return export_toy(args.export_toy, args.images, args.shifted)
+        return export_toy(args.export_toy, args.images, args.shifted, args.worlds)
     device, rank, world = start_processes(args.device)
     config, ckpt_path, settings = CONFIGS[args.config], args.out / "ckpt.pt", args.settings
     model, state = (load_run(args, config) if args.resume or args.eval_only
