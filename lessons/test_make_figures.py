@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))  # the root's modules, as the lesson scripts find 
 import finetune  # noqa: E402
 import make_figures  # noqa: E402
 import train_toy  # noqa: E402
-from bench import random_sam  # noqa: E402
+from test_minisam import random_sam  # noqa: E402
 from minisam import CONFIGS  # noqa: E402
 
 # -----------------------------------------------------------------------------
