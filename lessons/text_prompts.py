@@ -295,10 +295,18 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
     model.eval()
     S = model.config.image_size
     images, masks, index, captions = captioned_images(seeds, S)
-    unique = torch.tensor([sum(c == d for d, j in zip(captions, index.tolist()) if j == i) == 1
-                           for c, i in zip(captions, index.tolist())])
-    masks, index = masks[unique], index[unique]
-    captions = [c for c, u in zip(captions, unique.tolist()) if u]
+
+    def shared(words):  # (K,) another mask of the same image has these words
+        return torch.tensor([sum(w == v for v, j in zip(words, index.tolist()) if j == i) > 1
+                             for w, i in zip(words, index.tolist())])
+
+    colour, noun = [c.split()[0] for c in captions], [" ".join(c.split()[1:]) for c in captions]
+    # the colour word alone, or the nouns alone, would name another mask too
+    both = shared(colour) & shared(noun)
+    unique = ~shared(captions)
+    masks, index, both = masks[unique], index[unique], both[unique]
+    captions, colour, noun = ([x for x, u in zip(words, unique.tolist()) if u]
+                              for words in (captions, colour, noun))
     embeddings = model.image_encoder(model.preprocess(images))[index]  # (N, C, g, g)
 
     def score(clip_emb):
@@ -312,7 +320,6 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
 
     text_emb = clip.embed_texts(captions)
     image_emb = clip.embed_images(mask_crops(images, masks, index))
-    colour, noun = ([c.split()[0] for c in captions], [" ".join(c.split()[1:]) for c in captions])
     shuffle = torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))
     text_alone, text_click, first, click = score(text_emb)
     centred = F.normalize(text_emb - text_mean + image_mean, dim=-1)
@@ -330,11 +337,6 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
     rows["click_alone_choice"] = actual[torch.arange(len(masks)), iou_pred.argmax(1)]
     rows["click_alone_oracle"] = actual.amax(1)
 
-    def needs(words):  # another unique-captioned mask in the image shares this word(s)
-        return torch.tensor([sum(w == v for v, j in zip(words, index.tolist()) if j == i) > 1
-                             for w, i in zip(words, index.tolist())])
-
-    both = needs(colour) & needs(noun)
     held = torch.tensor([c in HELD_OUT_CAPTIONS for c in captions])
     metrics = {k: v.mean().item() for k, v in rows.items()}
     metrics.update({"targets": len(masks), "images": len(seeds),
@@ -483,7 +485,6 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     model = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
-    shipped = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
     S = model.config.image_size
     images, masks, index, captions = captioned_images(TRAIN_SEEDS[:args.train_images], S)
     with torch.no_grad():  # the frozen encoder: each training image embedded once
@@ -511,19 +512,26 @@ def main(argv=None):
     torch.save({"mask_decoder": model.mask_decoder.state_dict(), "token": token.state_dict(),
                 "clip": clip.state_dict(), "image_mean": image_mean, "text_mean": text_mean}, WEIGHTS)
 
-    token.eval()
-    metrics, pictures = evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped)
-    first, _ = evaluate_text(model, token, clip, EVAL_SEEDS[:4], image_mean, text_mean, shipped)
-    FIGURES.mkdir(exist_ok=True)
-    draw_examples(pictures, FIGURES / "text_prompts.png")
-    draw_modality_gap(pictures, FIGURES / "modality_gap.png")
     record = {"command": " ".join(["python", "lessons/text_prompts.py", *(argv or sys.argv[1:])]),
               "train_minutes": train_minutes, "clip_minutes": clip_minutes,
               "train_cpu_minutes": cpu_minutes,
               "threads": torch.get_num_threads(), "cores": os.cpu_count(),
               "held_out_captions": list(HELD_OUT_CAPTIONS), "clip_curve": clip_curve,
-              "sam_curve": sam_curve, "metrics": metrics, "metrics_first_4_images": first}
-    RESULTS.write_text(json.dumps(record, indent=1) + "\n")
+              "sam_curve": sam_curve}
+    return write_results(model, token.eval(), clip, image_mean, text_mean, seeds, record)
+
+
+def write_results(model, token, clip, image_mean, text_mean, seeds, record: dict) -> dict:
+    """Evaluate on `seeds` and on the first 4 held-out images (what the test re-scores), draw
+    the figures, and write RESULTS: `record` (how the weights were trained) with the metrics."""
+    shipped = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
+    metrics, pictures = evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped)
+    first, _ = evaluate_text(model, token, clip, EVAL_SEEDS[:4], image_mean, text_mean, shipped)
+    FIGURES.mkdir(exist_ok=True)
+    draw_examples(pictures, FIGURES / "text_prompts.png")
+    draw_modality_gap(pictures, FIGURES / "modality_gap.png")
+    RESULTS.write_text(json.dumps({**record, "metrics": metrics, "metrics_first_4_images": first},
+                                  indent=1) + "\n")
     print(json.dumps(metrics, indent=1))
     return metrics
 
