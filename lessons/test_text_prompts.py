@@ -73,6 +73,10 @@ def test_mask_crops_keep_the_mask_in_the_middle():
     C = text_prompts.CROP
     assert crop.shape == (1, 3, C, C)
     assert crop[0, :, C // 2, C // 2].min() > 0.9 and crop[0, :, 1, 1].max() < -0.9
+    with pytest.raises(TypeError, match="masks"):
+        text_prompts.mask_crops(image, masks.float(), torch.tensor([0]))
+    with pytest.raises(ValueError, match="index"):
+        text_prompts.mask_crops(image, masks, torch.tensor([0, 0]))
 
 
 def test_shipped_weights_reproduce_the_json(tmp_path):

@@ -79,6 +79,10 @@ def mask_crops(images, masks, index, generator=None):
     its pixels outside the mask zeroed with probability 0.5. images (B, 3, S, S) 0..255, masks
     (N, S, S), index (N,) -> (N, 3, CROP, CROP) in about -1..1. Without a generator, the
     evaluation's fixed crop: factor 1.5, the surroundings kept."""
+    if masks.dtype != torch.bool or masks.ndim != 3:
+        raise TypeError(f"masks must be bool (N, S, S), got {masks.dtype} {tuple(masks.shape)}")
+    if len(index) != len(masks):
+        raise ValueError(f"index must hold one image per mask: {len(index)} for {len(masks)} masks")
     N, S = len(masks), masks.shape[-1]
     box = minisam.batched_mask_to_box(masks).float()  # (N, 4) x0 y0 x1 y1, inclusive
     centre = (box[:, :2] + box[:, 2:] + 1) / 2  # (N, 2) x, y in pixels
@@ -289,9 +293,10 @@ def upsample(model, logits):
 
 
 @torch.no_grad()
-def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None) -> dict:
+def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None):
     """Every row of the lesson's table on the SHAPES images `seeds`; `shipped` (a Sam), if
-    given, is scored on clicks and boxes beside `model` (forgetting)."""
+    given, is scored on clicks and boxes beside `model` (forgetting). Returns (metrics, what
+    the figures draw)."""
     model.eval()
     S = model.config.image_size
     images, masks, index, captions = captioned_images(seeds, S)
