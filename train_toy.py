@@ -140,9 +140,15 @@ def _bar(yy, xx, cy, cx, length, width, angle):
 
 
 def _object(rng, yy, xx, size, kinds=SHAPES.kinds):
-    """One object as a list of (mask, parent index within the object or -1)."""
+    """One object: its kind and its masks, a list of (mask, parent index within the object
+    or -1)."""
     cy, cx = rng.uniform(0, 1, size=2) * yy.shape  # may hang over the border
-    kind = rng.choice(kinds)
+    kind = str(rng.choice(kinds))
+    return kind, _parts(kind, rng, yy, xx, cy, cx, size)
+
+
+def _parts(kind, rng, yy, xx, cy, cx, size):
+    """The masks of one object of `kind`, in the order `PART_NOUNS` names them."""
     if kind == "house":
         w, h = size, size * rng.uniform(0.6, 0.9)
         walls = _rectangle(yy, xx, cy, cx - w / 2, cy + h, cx + w / 2)
@@ -241,6 +247,28 @@ def _new_object(kind, rng, yy, xx, cy, cx, size):
     raise ValueError(f"unknown kind of object {kind!r}")
 
 
+# Captions from the generator's facts (lessons/12_text_prompts.md): a colour word and the
+# object's noun, then the part's noun for a part or subpart ("red house window"). PART_NOUNS
+# names the masks `_parts` returns after the whole, in order; the last noun names any further
+# ones (a flower's petals). A colour is named by the nearest corner of the RGB cube, i.e.
+# each channel is on (>= 128) or off.
+PART_NOUNS = {"house": ("walls", "roof", "window"), "target": ("ring", "bullseye"),
+              "snowman": ("body", "head", "button"), "tree": ("trunk", "crown", "fruit"),
+              "car": ("body", "cabin", "wheel", "wheel", "hubcap"),
+              "face": ("eye", "eye", "mouth", "pupil"), "flower": ("heart", "petal")}
+COLOUR_NAMES = {(0, 0, 0): "black", (1, 0, 0): "red", (0, 1, 0): "green", (1, 1, 0): "yellow",
+                (0, 0, 1): "blue", (1, 0, 1): "magenta", (0, 1, 1): "cyan", (1, 1, 1): "white"}
+
+
+def _caption(kind: str, part: int, colour) -> str:
+    """The caption of mask number `part` of an object of `kind` (0: the whole), in `colour`."""
+    words = [COLOUR_NAMES[tuple(int(c >= 128) for c in colour)], kind]
+    if part > 0:
+        nouns = PART_NOUNS[kind]
+        words.append(nouns[min(part, len(nouns)) - 1])
+    return " ".join(words)
+
+
 # Each palette: a background colour, an object colour, and how far apart (summed over RGB) an
 # object's colour must be from the background and from the other colours of its object.
 PALETTES = {
@@ -300,11 +328,12 @@ def _blur(image, sigma):
     return image
 
 
-def make_world(seed: int, image_size: int = None, world: World = SHAPES):
+def make_world(seed: int, image_size: int = None, world: World = SHAPES, captions: bool = False):
     """The image, every valid mask, and the containment: returns (image uint8 (H, W, 3),
     masks bool (K, H, W), parents int (K,)), parents[k] = index of the smallest mask that
     contains mask k, or -1 for a whole object. H = W = image_size except on a world whose
-    canvas is not square."""
+    canvas is not square. With `captions`, also each mask's caption (K strings, `_caption`),
+    its colour the one most of its visible pixels were painted; the same random draws."""
     S = image_size or CONFIGS["toy"].image_size
     H, W = round(S * world.canvas[0]), round(S * world.canvas[1])
     # the original world keeps its original random numbers; every other draws its own
@@ -320,13 +349,17 @@ def make_world(seed: int, image_size: int = None, world: World = SHAPES):
                     rng.uniform(1, 2.5) * S / 64, rng.uniform(0, math.pi))
         image[line] = _contrasting(rng, [background], world.palette)
     ground = image.copy()
-    masks, parents, colours = [], [], []
+    masks, parents, colours, names = [], [], [], []
+    # which mask painted each pixel last: a whole under its parts shows their colours, not its own
+    painted = np.zeros((H, W), int)
     for _ in range(rng.integers(*world.objects)):
-        parts = _object(rng, yy, xx, min(H, W) * rng.uniform(*world.size), world.kinds)
+        kind, parts = _object(rng, yy, xx, min(H, W) * rng.uniform(*world.size), world.kinds)
         offset = len(masks)
-        for mask, parent in parts:  # the whole first, then its parts over it
+        for part, (mask, parent) in enumerate(parts):  # the whole first, then its parts over it
             colour = _contrasting(rng, [background] + colours[offset:], world.palette)
             _paint(image, mask, colour, world, rng, ground)
+            painted[mask] = len(masks)
+            names.append((kind, part))
             masks.append(mask)
             parents.append(offset + parent if parent >= 0 else -1)
             colours.append(colour)
@@ -345,7 +378,12 @@ def make_world(seed: int, image_size: int = None, world: World = SHAPES):
     keep = masks.sum((1, 2)) >= H * W // 128
     new_index = np.cumsum(keep) - 1
     parents = np.where(parents[keep] >= 0, new_index[parents[keep]], -1)
-    return np.clip(image, 0, 255).astype(np.uint8), masks[keep], parents
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    if not captions:
+        return image, masks[keep], parents
+    shown = [colours[np.bincount(painted[mask]).argmax()] for mask in masks[keep]]
+    return image, masks[keep], parents, [_caption(*names[k], colour) for k, colour
+                                         in zip(np.flatnonzero(keep), shown)]
 
 
 def make_sample(seed: int, image_size: int = None, world: World = SHAPES):

@@ -1,0 +1,545 @@
+"""
+text_prompts.py: text prompts as the SAM paper explored them (section 7.5, appendix D.5).
+
+    python lessons/text_prompts.py            # train the toy CLIP and the prompt head, evaluate
+    python lessons/text_prompts.py --eval-only --seeds 1000000 1000064 --out /tmp/text
+
+SAM was never trained on a single caption. For each training mask, the paper crops the image
+around it, embeds the crop with CLIP's *image* encoder, and gives SAM that embedding as a
+prompt. At inference it gives SAM CLIP's *text* embedding of a phrase instead, and that works
+because CLIP put matching images and texts near each other. Here, on the toy world:
+  1. captions from the generator's facts (`train_toy.make_world(..., captions=True)`), some
+     colour x noun combinations held out from all training (`HELD_OUT_CAPTIONS`);
+  2. a toy CLIP (`ToyClip`) trained contrastively on mask crops and their captions;
+  3. the shipped toy SAM taught the crop embedding as one extra sparse prompt token
+     (`PromptToken`), first in the interactive sequence and followed by corrective clicks,
+     while it keeps practising clicks and boxes (`train_prompting`);
+  4. evaluation with the caption's *text* embedding in its place (`evaluate_text`).
+The lesson is lessons/12_text_prompts.md.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# the lesson scripts live one level below the package's two modules
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import minisam  # noqa: E402
+import train_toy  # noqa: E402
+from minisam import mask_iou, sam_loss  # noqa: E402
+from train_toy import (EVAL_SEEDS, SHAPES, TRAIN_SEEDS, InteractiveTraining,  # noqa: E402
+                       corrective_click, decode, interior_point, largest_error_click,
+                       learning_rate, make_optimizer, optimisation_step)
+
+HERE = Path(__file__).resolve().parent
+TOY_CHECKPOINT = HERE / "toy_sam.pt"
+WEIGHTS = HERE / "text_prompts.pt"
+RESULTS = HERE / "text_prompts.json"
+FIGURES = HERE / "figures"
+
+# One of each colour, each with a different noun: never seen in training, by the toy CLIP or
+# by SAM, so the text tower must compose the two words it knows apart.
+HELD_OUT_CAPTIONS = ("red triangle", "green house roof", "blue snowman", "yellow ellipse",
+                     "cyan target bullseye", "magenta rectangle", "white snowman button",
+                     "black house window")
+VOCABULARY = tuple(sorted(set(train_toy.COLOUR_NAMES.values()) | set(SHAPES.kinds)
+                          | {n for kind in SHAPES.kinds for n in train_toy.PART_NOUNS.get(kind, ())}))
+CLIP_DIM = 64  # the toy CLIP's embedding width (the paper's ViT-L/14 CLIP: 768)
+CROP = 24  # a crop's side in pixels, as the image tower sees it
+
+
+# -----------------------------------------------------------------------------
+# 1. Captioned masks and their crops
+
+
+def captioned_images(seeds, image_size: int):
+    """The SHAPES images of `seeds` with every mask and its caption: images (B, 3, S, S)
+    float 0..255, masks (K, S, S) bool, index (K,) the image of each mask, captions (K,)."""
+    images, masks, index, captions = [], [], [], []
+    for i, seed in enumerate(seeds):
+        image, m, _, c = train_toy.make_world(seed, image_size, SHAPES, captions=True)
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float())
+        masks.append(torch.from_numpy(m))
+        index += [i] * len(m)
+        captions += c
+    return torch.stack(images), torch.cat(masks), torch.tensor(index), captions
+
+
+def mask_crops(images, masks, index, generator=None):
+    """Appendix D.5's crops: the mask's box expanded by a factor drawn from 1..2, made square,
+    its pixels outside the mask zeroed with probability 0.5. images (B, 3, S, S) 0..255, masks
+    (N, S, S), index (N,) -> (N, 3, CROP, CROP) in about -1..1. Without a generator, the
+    evaluation's fixed crop: factor 1.5, the surroundings kept."""
+    if masks.dtype != torch.bool or masks.ndim != 3:
+        raise TypeError(f"masks must be bool (N, S, S), got {masks.dtype} {tuple(masks.shape)}")
+    if len(index) != len(masks):
+        raise ValueError(f"index must hold one image per mask: {len(index)} for {len(masks)} masks")
+    N, S = len(masks), masks.shape[-1]
+    box = minisam.batched_mask_to_box(masks).float()  # (N, 4) x0 y0 x1 y1, inclusive
+    centre = (box[:, :2] + box[:, 2:] + 1) / 2  # (N, 2) x, y in pixels
+    side = (box[:, 2:] - box[:, :2] + 1).amax(1)  # (N,) the box's longer side: a square crop
+    if generator is None:
+        factor, zeroed = torch.full((N,), 1.5), torch.zeros(N, dtype=torch.bool)
+    else:
+        factor = 1 + torch.rand(N, generator=generator)
+        zeroed = torch.rand(N, generator=generator) < 0.5
+    pixels = images[index] / 127.5 - 1  # (N, 3, S, S)
+    pixels = torch.where(zeroed[:, None, None, None] & ~masks[:, None], torch.zeros(()), pixels)
+    # an affine grid maps the crop's -1..1 onto the square around the centre, in the image's
+    # -1..1 coordinates; outside the image reads zeros, like a crop over the border
+    half = factor * side / S  # (N,) half the crop's side in those coordinates
+    theta = torch.zeros(N, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = half
+    theta[:, :, 2] = centre / S * 2 - 1
+    grid = F.affine_grid(theta, (N, 3, CROP, CROP), align_corners=False)
+    return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def word_ids(captions):
+    """Captions -> (N, L) word indices into VOCABULARY, padded with -1 (L: the most words)."""
+    if isinstance(captions, str):
+        raise TypeError("captions must be a list of strings, not one string")
+    ids = [[VOCABULARY.index(w) for w in c.split()] for c in captions]
+    for c, words in zip(captions, ids):
+        if not words:
+            raise ValueError(f"captions holds an empty caption: {c!r}")
+    longest = max(map(len, ids))
+    return torch.tensor([w + [-1] * (longest - len(w)) for w in ids])
+
+
+# -----------------------------------------------------------------------------
+# 2. A toy CLIP (Radford et al., 2021)
+# Two towers map an image and a text into the same unit sphere; training pulls each crop's
+# embedding towards its own caption's and pushes it from the other captions in the batch.
+# The text tower is a bag of words: a sum of word vectors, then an MLP. It cannot read order,
+# but a toy caption's words come from three disjoint lists (colour, object, part), so order
+# carries nothing here; and a sum composes, so a held-out "red triangle" lands where "red" and
+# "triangle" point even though the pair was never seen.
+
+
+class ToyClip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        # 24 -> 12 -> 6 -> 3: the crop's layout survives to the flatten, so the tower can see
+        # what sits in the middle (the mask) and what around it (its whole)
+        self.image_tower = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.GELU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Flatten(), nn.Linear(64 * 9, 128), nn.GELU(), nn.Linear(128, CLIP_DIM))
+        self.words = nn.Embedding(len(VOCABULARY), 64)
+        self.text_tower = nn.Sequential(nn.GELU(), nn.Linear(64, 128), nn.GELU(),
+                                        nn.Linear(128, CLIP_DIM))
+        # CLIP's learned temperature, as the log of the logits' scale; starts at 1 / 0.07
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed_images(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, 3, CROP, CROP) -> (N, CLIP_DIM), unit length."""
+        return F.normalize(self.image_tower(crops), dim=-1)
+
+    def embed_texts(self, captions) -> torch.Tensor:
+        """N captions -> (N, CLIP_DIM), unit length."""
+        ids = word_ids(captions)
+        bag = (self.words(ids.clamp(min=0)) * (ids >= 0)[..., None]).sum(1)  # (N, 64)
+        return F.normalize(self.text_tower(bag), dim=-1)
+
+
+def info_nce(image_emb: torch.Tensor, text_emb: torch.Tensor, captions, logit_scale):
+    """Symmetric InfoNCE over a batch of N matched (image, text) pairs, (N, D) each. A batch
+    of toy masks often holds the same caption twice ("black house window"); pushing those
+    apart would teach the towers to separate what is identical, so every pair whose captions
+    are equal counts as a positive: each row's loss is -log of the softmax mass on all its
+    positives."""
+    if len(image_emb) != len(text_emb) or len(captions) != len(image_emb):
+        raise ValueError(f"image_emb, text_emb and captions must be as long, got "
+                         f"{len(image_emb)}, {len(text_emb)}, {len(captions)}")
+    logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.T  # (N, N)
+    codes = {c: i for i, c in enumerate(sorted(set(captions)))}
+    code = torch.tensor([codes[c] for c in captions])
+    positive = code[:, None] == code[None]  # (N, N), symmetric
+    loss = 0.0
+    for scores in (logits, logits.T):  # image -> text, then text -> image
+        loss = loss + (scores.logsumexp(1) - scores.masked_fill(~positive, -math.inf).logsumexp(1)).mean()
+    return loss / 2
+
+
+# -----------------------------------------------------------------------------
+# 3. The embedding as a sparse prompt token
+# The paper's text prompt is sparse, like points and boxes: one token among the prompt tokens.
+# A point's token is its position's Fourier features plus a learned type embedding
+# (foreground or background); this one is a learned projection of the CLIP embedding plus its
+# own learned type embedding. It goes first, before the clicks that correct it.
+
+
+class PromptToken(nn.Module):
+    def __init__(self, clip_dim: int, embed_dim: int):
+        super().__init__()
+        self.projection = nn.Linear(clip_dim, embed_dim)
+        self.type_embedding = nn.Parameter(torch.randn(embed_dim))  # as the points' N(0, 1)
+
+    def forward(self, clip_emb: torch.Tensor) -> torch.Tensor:
+        """(N, clip_dim) -> (N, 1, embed_dim), one token per prompt row."""
+        return (self.projection(clip_emb) + self.type_embedding)[:, None]
+
+
+def decode_with_token(model: minisam.Sam, token: PromptToken, embeddings, clip_emb,
+                      points=None, labels=None, mask_prompt=None):
+    """One decoder call for N rows, each prompted with its CLIP embedding (N, CLIP_DIM) first,
+    then any clicks (N, P, 2) and the previous low-res logits (N, 1, 4g, 4g). One mask per row:
+    the caption says which level is meant. Returns low-res logits (N, 1, 4g, 4g) and the IoU
+    predictions (N, 1)."""
+    N = len(clip_emb)
+    sparse, dense = model.prompt_encoder(points=None if points is None else (points, labels),
+                                         boxes=None, masks=mask_prompt)
+    sparse = torch.cat([token(clip_emb), sparse.expand(N, -1, -1)], dim=1)
+    return model.mask_decoder(embeddings, model.prompt_encoder.get_dense_pe(), sparse,
+                              dense.expand(N, -1, -1, -1), multimask_output=False)
+
+
+# -----------------------------------------------------------------------------
+# 4. Training: the toy CLIP, then SAM with crop embeddings as prompts
+
+
+def train_clip(clip: ToyClip, images, masks, index, captions, steps: int, batch: int,
+               generator: torch.Generator, lr: float = 2e-3) -> list:
+    """Contrastive training on random crops of the masks; returns the loss every 50 steps."""
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.1)
+    curve = []
+    for step in range(steps):
+        rows = torch.randint(len(masks), (batch,), generator=generator)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, warmup=50)
+        chosen = [captions[r] for r in rows.tolist()]
+        loss = info_nce(clip.embed_images(mask_crops(images, masks[rows], index[rows], generator)),
+                        clip.embed_texts(chosen), chosen, clip.logit_scale)
+        optimisation_step(optimizer, loss, step)
+        if step % 50 == 0 or step == steps - 1:
+            curve.append((step, loss.item()))
+    return curve
+
+
+def prompted_loss(model, token, clip, embeddings, images, masks, index, generator, clicks: int):
+    """D.5's interactive sequence for N masks: the crop's CLIP image embedding as the first
+    prompt, then `clicks` corrective clicks, each with the previous logits fed back, as
+    train_toy's simulated annotator does. embeddings (B, C, g, g) of the images; returns the
+    loss averaged over the passes."""
+    low = model.prompt_encoder.mask_input_size[0]
+    scale = masks.shape[-1] / low
+    targets = F.interpolate(masks[:, None].float(), (low, low), mode="area")[:, 0] > 0.5
+    with torch.no_grad():
+        clip_emb = clip.embed_images(mask_crops(images, masks, index, generator))
+    points = labels = mask_prompt = None
+    total = 0.0
+    for it in range(clicks + 1):
+        if it > 0:
+            click, label = corrective_click(mask_prompt[:, 0] > 0, targets, generator)
+            click = ((click + 0.5) * scale - 0.5)[:, None]  # (N, 1, 2) input pixels
+            points = click if points is None else torch.cat([points, click], 1)
+            labels = label[:, None] if labels is None else torch.cat([labels, label[:, None]], 1)
+        logits, iou = decode_with_token(model, token, embeddings[index], clip_emb, points, labels,
+                                        mask_prompt)
+        loss, _ = sam_loss(logits, iou, targets)
+        total = total + loss
+        mask_prompt = logits.detach()
+    return total / (clicks + 1)
+
+
+def train_prompting(model, token, clip, data, steps: int, generator, lr: float = 1e-3,
+                    text_rows: int = 32, replay_rows: int = 16, replay_iterations: int = 3) -> list:
+    """Fine-tune the mask decoder and train the prompt token; the image encoder stays frozen
+    (its embeddings, `data["embeddings"]`, are computed once). Each step also replays
+    train_toy's click-and-box training on other masks, so those skills are practised, not
+    forgotten. Returns (step, prompted loss, replay loss) every 50 steps."""
+    model.image_encoder.requires_grad_(False)
+    model.prompt_encoder.requires_grad_(False)  # points and boxes keep their meaning
+    trainable = nn.ModuleList([model.mask_decoder, token])
+    optimizer = make_optimizer(trainable, lr)
+    replay = InteractiveTraining(model, replay_iterations, no_click_passes=1)
+    embeddings, images, masks, index = (data[k] for k in ("embeddings", "images", "masks", "index"))
+    prompted = torch.tensor([c not in HELD_OUT_CAPTIONS for c in data["captions"]]).nonzero()[:, 0]
+    curve = []
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps, lr, warmup=20)
+        rows = prompted[torch.randint(len(prompted), (text_rows,), generator=generator)]
+        text = prompted_loss(model, token, clip, embeddings, images, masks[rows], index[rows],
+                             generator, clicks=1)
+        rows = torch.randint(len(masks), (replay_rows,), generator=generator)
+        clicks, _ = replay.from_embeddings(embeddings[index[rows]], masks[rows], generator)
+        optimisation_step(optimizer, text + clicks, step)
+        if step % 50 == 0 or step == steps - 1:
+            curve.append((step, text.item(), clicks.item()))
+    return curve
+
+
+# -----------------------------------------------------------------------------
+# 5. Evaluation, on held-out images, of the masks whose caption is unique in their image
+
+
+def upsample(model, logits):
+    """Low-res logits (N, 1, 4g, 4g) -> masks (N, S, S) bool at the input size."""
+    S = model.config.image_size
+    return model.postprocess_masks(logits, (S, S), (S, S))[:, 0] > model.mask_threshold
+
+
+@torch.no_grad()
+def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None):
+    """Every row of the lesson's table on the SHAPES images `seeds`; `shipped` (a Sam), if
+    given, is scored on clicks and boxes beside `model` (forgetting). Returns (metrics, what
+    the figures draw)."""
+    model.eval()
+    S = model.config.image_size
+    images, masks, index, captions = captioned_images(seeds, S)
+
+    def shared(words):  # (K,) another mask of the same image has these words
+        return torch.tensor([sum(w == v for v, j in zip(words, index.tolist()) if j == i) > 1
+                             for w, i in zip(words, index.tolist())])
+
+    colour, noun = [c.split()[0] for c in captions], [" ".join(c.split()[1:]) for c in captions]
+    # the colour word alone, or the nouns alone, would name another mask too
+    both = shared(colour) & shared(noun)
+    unique = ~shared(captions)
+    masks, index, both = masks[unique], index[unique], both[unique]
+    captions, colour, noun = ([x for x, u in zip(words, unique.tolist()) if u]
+                              for words in (captions, colour, noun))
+    embeddings = model.image_encoder(model.preprocess(images))[index]  # (N, C, g, g)
+
+    def score(clip_emb):
+        """IoU of the caption alone, then after one click at the largest error's interior."""
+        logits, _ = decode_with_token(model, token, embeddings, clip_emb)
+        first = upsample(model, logits)
+        click, label = largest_error_click(first, masks)
+        logits, _ = decode_with_token(model, token, embeddings, clip_emb, click[:, None],
+                                      label[:, None], logits)
+        return mask_iou(first, masks), mask_iou(upsample(model, logits), masks), first, click
+
+    text_emb = clip.embed_texts(captions)
+    image_emb = clip.embed_images(mask_crops(images, masks, index))
+    shuffle = torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))
+    text_alone, text_click, first, click = score(text_emb)
+    centred = F.normalize(text_emb - text_mean + image_mean, dim=-1)
+    rows = {"text_alone": text_alone, "text_plus_click": text_click,
+            "image_embedding": score(image_emb)[0], "shuffled": score(text_emb[shuffle])[0],
+            "colour_alone": score(clip.embed_texts(colour))[0],
+            "noun_alone": score(clip.embed_texts(noun))[0],
+            "text_centred": score(centred)[0]}
+
+    # one click alone, at the target's interior, the three masks of the fine-tuned decoder
+    point = interior_point(masks)[:, None]
+    three, iou_pred, _ = decode(model, embeddings, point, torch.ones(len(masks), 1, dtype=torch.long),
+                                multimask=True)
+    actual = mask_iou(three, masks[:, None])  # (N, 3)
+    rows["click_alone_choice"] = actual[torch.arange(len(masks)), iou_pred.argmax(1)]
+    rows["click_alone_oracle"] = actual.amax(1)
+
+    held = torch.tensor([c in HELD_OUT_CAPTIONS for c in captions])
+    metrics = {k: v.mean().item() for k, v in rows.items()}
+    metrics.update({"targets": len(masks), "images": len(seeds),
+                    "both_words_needed_targets": int(both.sum()),
+                    "held_out_targets": int(held.sum())})
+    for name, subset in (("both_words_needed", both), ("held_out", held)):
+        if subset.any():
+            metrics[f"text_alone_{name}"] = text_alone[subset].mean().item()
+            metrics[f"text_plus_click_{name}"] = text_click[subset].mean().item()
+    # the modality gap (Liang et al., 2022): the two clouds sit apart on the sphere
+    metrics["gap_between_means"] = (image_emb.mean(0) - text_emb.mean(0)).norm().item()
+    metrics["matched_cosine"] = (image_emb * text_emb).sum(1).mean().item()
+    metrics["unmatched_cosine"] = (image_emb @ text_emb.T).fill_diagonal_(0).sum().item() / (
+        len(masks) * (len(masks) - 1))
+    # clicks and boxes on every target of the images, before and after (train_toy's scores)
+    for name, sam in (("after", model), ("before", shipped)):
+        if sam is not None:
+            scores = train_toy.evaluate(sam, seeds, max_clicks=1)
+            metrics[f"box_{name}"] = scores["box_miou"]
+            metrics[f"one_click_choice_{name}"] = scores["one_click_miou"]
+            metrics[f"one_click_oracle_{name}"] = scores["one_click_oracle_miou"]
+    pictures = dict(images=images, masks=masks, index=index, captions=captions, first=first,
+                    click=click, text_alone=text_alone, text_plus_click=text_click,
+                    image_emb=image_emb, text_emb=text_emb)
+    return metrics, pictures
+
+
+# -----------------------------------------------------------------------------
+# 6. Pictures
+
+
+def grey(image):
+    """(3, S, S) 0..255 -> (S, S, 3) 0..1 in grey: every colour the overlays use is free."""
+    return (image.mean(0) / 255 * 0.8)[..., None].expand(-1, -1, 3).numpy()
+
+
+def draw_examples(pictures: dict, path: Path) -> None:
+    """The paper's figure 12, measured: caption -> truth and prediction; hits, misses, and a
+    miss that one click fixes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    iou, fixed = pictures["text_alone"], pictures["text_plus_click"]
+    hits = (iou >= 0.9).nonzero()[:, 0][:3].tolist()
+    misses = ((iou < 0.5) & (fixed < 0.5)).nonzero()[:, 0][:1].tolist()
+    repaired = ((iou < 0.5) & (fixed >= 0.85)).nonzero()[:, 0][:2].tolist()
+    chosen = [(k, "hit") for k in hits] + [(k, "miss") for k in misses] + \
+             [(k, "miss, then 1 click") for k in repaired]
+    fig, axes = plt.subplots(3, len(chosen), figsize=(2.1 * len(chosen), 6.6), squeeze=False)
+    for col, (k, kind) in enumerate(chosen):
+        image = pictures["images"][pictures["index"][k]]
+        axes[0, col].imshow(image.permute(1, 2, 0).numpy().astype(np.uint8))
+        axes[0, col].set_title(f'"{pictures["captions"][k]}"\n{kind}', fontsize=8)
+        for row, (mask, label) in enumerate(((pictures["masks"][k], "truth"),
+                                             (pictures["first"][k], f"text: IoU {iou[k]:.2f}")), 1):
+            shown = grey(image).copy()
+            shown[mask.numpy()] = (1.0, 0.45, 0.0) if row == 1 else (0.1, 0.8, 1.0)
+            axes[row, col].imshow(shown)
+            axes[row, col].set_title(label, fontsize=8)
+        if kind.endswith("click"):
+            x, y = pictures["click"][k].tolist()
+            axes[2, col].plot(x, y, "*", color="lime", markersize=12, markeredgecolor="black")
+            axes[2, col].set_title(f"text {iou[k]:.2f}; + click (*) {fixed[k]:.2f}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle("Caption -> mask (rows: image, truth in orange, text-only prediction in blue)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_modality_gap(pictures: dict, path: Path) -> None:
+    """Both clouds of embeddings projected on their two principal axes, matched pairs joined."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    image_emb, text_emb = pictures["image_emb"], pictures["text_emb"]
+    both = torch.cat([image_emb, text_emb])
+    _, _, v = torch.pca_lowrank(both, q=2, center=True)
+    flat = ((both - both.mean(0)) @ v).numpy()  # (2N, 2)
+    n = len(image_emb)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    for a, b in zip(flat[:n][:60], flat[n:][:60]):
+        ax.plot([a[0], b[0]], [a[1], b[1]], color="0.8", lw=0.6, zorder=0)
+    ax.scatter(*flat[:n].T, s=8, color="tab:orange", label="mask crops (image tower)")
+    ax.scatter(*flat[n:].T, s=8, color="tab:blue", label="captions (text tower)")
+    for cloud, colour in ((flat[:n], "tab:orange"), (flat[n:], "tab:blue")):
+        ax.scatter(*cloud.mean(0), s=120, marker="X", color=colour, edgecolor="black")
+    ax.set_title("The modality gap: two clouds, means marked X", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------
+# The command
+
+
+def load(path: Path = WEIGHTS):
+    """The shipped toy SAM with the text run's decoder, the prompt token, the toy CLIP, and
+    the two clouds' means (for the centring row)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
+    model.mask_decoder.load_state_dict(state["mask_decoder"])
+    token, clip = PromptToken(CLIP_DIM, model.config.prompt_embed_dim), ToyClip()
+    token.load_state_dict(state["token"])
+    clip.load_state_dict(state["clip"])
+    return model.eval(), token.eval(), clip.eval(), state["image_mean"], state["text_mean"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--eval-only", action="store_true", help="score the shipped weights")
+    p.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"),
+                   default=(EVAL_SEEDS[0], EVAL_SEEDS[-1] + 1), help="evaluate seeds A..B-1")
+    p.add_argument("--out", type=Path, default=None,
+                   help="--eval-only: write OUT/metrics.json (default: print only)")
+    p.add_argument("--train-images", type=int, default=600)
+    p.add_argument("--clip-steps", type=int, default=600)
+    p.add_argument("--sam-steps", type=int, default=150)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.seeds[1] <= args.seeds[0]:
+        raise SystemExit(f"--seeds A B needs A < B, got {args.seeds}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seeds = range(*args.seeds)
+    if args.eval_only:
+        model, token, clip, image_mean, text_mean = load()
+        shipped = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
+        metrics, _ = evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped)
+        print(json.dumps(metrics, indent=1))
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        return metrics
+
+    # wall minutes on a shared machine mostly measure the other jobs; the process's CPU time
+    # is what this run itself cost
+    start, cpu_start = time.time(), time.process_time()
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    model = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
+    S = model.config.image_size
+    images, masks, index, captions = captioned_images(TRAIN_SEEDS[:args.train_images], S)
+    with torch.no_grad():  # the frozen encoder: each training image embedded once
+        embeddings = torch.cat([model.image_encoder(model.preprocess(images[i:i + 64]))
+                                for i in range(0, len(images), 64)])
+    seen = torch.tensor([c not in HELD_OUT_CAPTIONS for c in captions])
+    clip = ToyClip()
+    clip_curve = train_clip(clip, images, masks[seen], index[seen],
+                            [c for c, s in zip(captions, seen.tolist()) if s], args.clip_steps,
+                            batch=256, generator=generator)
+    clip.eval().requires_grad_(False)
+    clip_minutes = (time.time() - start) / 60
+    print(f"toy CLIP: {clip_minutes:.1f} min, loss {clip_curve[0][1]:.2f} -> {clip_curve[-1][1]:.2f}")
+    with torch.no_grad():  # the two clouds' means on the training masks, for the centring row
+        image_mean = clip.embed_images(mask_crops(images, masks[seen], index[seen])).mean(0)
+        text_mean = clip.embed_texts([c for c, s in zip(captions, seen.tolist()) if s]).mean(0)
+
+    token = PromptToken(CLIP_DIM, model.config.prompt_embed_dim)
+    model.train()
+    data = dict(embeddings=embeddings, images=images, masks=masks, index=index, captions=captions)
+    sam_curve = train_prompting(model, token, clip, data, args.sam_steps, generator)
+    train_minutes = (time.time() - start) / 60
+    cpu_minutes = (time.process_time() - cpu_start) / 60
+    print(f"prompting: {train_minutes:.1f} min in all, {cpu_minutes:.1f} min of CPU")
+    torch.save({"mask_decoder": model.mask_decoder.state_dict(), "token": token.state_dict(),
+                "clip": clip.state_dict(), "image_mean": image_mean, "text_mean": text_mean}, WEIGHTS)
+
+    record = {"command": " ".join(["python", "lessons/text_prompts.py", *(argv or sys.argv[1:])]),
+              "train_minutes": train_minutes, "clip_minutes": clip_minutes,
+              "train_cpu_minutes": cpu_minutes,
+              "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+              "held_out_captions": list(HELD_OUT_CAPTIONS), "clip_curve": clip_curve,
+              "sam_curve": sam_curve}
+    return write_results(model, token.eval(), clip, image_mean, text_mean, seeds, record)
+
+
+def write_results(model, token, clip, image_mean, text_mean, seeds, record: dict) -> dict:
+    """Evaluate on `seeds` and on the first 4 held-out images (what the test re-scores), draw
+    the figures, and write RESULTS: `record` (how the weights were trained) with the metrics."""
+    shipped = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
+    metrics, pictures = evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped)
+    first, _ = evaluate_text(model, token, clip, EVAL_SEEDS[:4], image_mean, text_mean, shipped)
+    FIGURES.mkdir(exist_ok=True)
+    draw_examples(pictures, FIGURES / "text_prompts.png")
+    draw_modality_gap(pictures, FIGURES / "modality_gap.png")
+    RESULTS.write_text(json.dumps({**record, "metrics": metrics, "metrics_first_4_images": first},
+                                  indent=1) + "\n")
+    print(json.dumps(metrics, indent=1))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
