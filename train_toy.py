@@ -917,7 +917,8 @@ def parse_args(argv=None):
                         "'training' for all of TRAINING_WORLDS (the toy SA-1B)")
     p.add_argument("--init", type=Path, metavar="PATH",
                    help="start from the weights of this checkpoint (a fresh optimizer and "
-                        "schedule) instead of random ones")
+                        "schedule) instead of random ones; an image encoder's state dict alone "
+                        "(lessons/mae_encoder.pt) starts the encoder only")
     p.add_argument("--save-model", type=Path, metavar="PATH",
                    help="also save the model alone (no optimizer) to PATH, loadable with "
                         "build_sam, and its provenance and held-out metrics to PATH.json")
@@ -976,6 +977,27 @@ def save_model(path: Path, state: dict, metrics: dict) -> None:
     print(f"wrote {path} and {path.with_suffix('.json')}")
 
 
+def initial_model(config: SamConfig, path: Path, seed: int) -> minisam.Sam:
+    """--init's model: a whole Sam's checkpoint (what build_sam loads), or an image encoder's
+    state dict alone (lessons/mae.py's MAE encoder, as SAM starts), loaded into a Sam whose
+    prompt encoder and decoder are random from `seed`, the very weights a run from scratch
+    starts them with."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a readable file: build_sam below says so in its own words
+        state = None
+    if not (isinstance(state, dict) and "patch_embed.proj.weight" in state):
+        return minisam.build_sam(config, checkpoint=path)
+    torch.manual_seed(seed)  # as main does before a Sam from scratch
+    model = minisam.Sam(config)
+    try:
+        model.image_encoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path} is an image encoder's state dict that does not fit the "
+                         f"{config.encoder_embed_dim}-d toy encoder: {e}") from None
+    return model
+
+
 def pick_device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -1021,7 +1043,7 @@ def main(argv=None):
                 raise SystemExit(f"{ckpt_path} was trained with --{key} {state.get(key)}; "
                                  f"resuming with {value} would draw other batches")
     elif args.init is not None:  # continue from trained weights, on this run's schedule
-        model = resize_sam(minisam.build_sam(config, checkpoint=args.init), size_at(0))
+        model = resize_sam(initial_model(config, args.init, args.seed), size_at(0))
     else:
         torch.manual_seed(args.seed)  # the initial weights
         model = minisam.Sam(dataclasses.replace(config, image_size=size_at(0)))

@@ -3,7 +3,8 @@ mae.py: masked-autoencoder pre-training (MAE: He et al., "Masked autoencoders ar
 vision learners", CVPR 2022) of minisam's toy image encoder, as SAM's encoder starts from MAE.
 
     python lessons/mae.py                      # pre-train; writes lessons/mae_encoder.pt + .json
-    python lessons/mae.py --figure             # lessons/figures/mae.png and mae_curves.png
+    python lessons/mae.py --figure             # lessons/figures/mae.png from the shipped files
+    python lessons/mae.py --curves OUT1 OUT2   # lesson 13's curves from train_toy.py --out dirs
     python train_toy.py --init lessons/mae_encoder.pt   # SAM's training from the MAE encoder
 
 MAE in one paragraph: hide a random 75% of an image's patches, encode the rest, and train a
@@ -283,6 +284,102 @@ def probes(model: MaskedAutoencoder) -> dict:
             "pixels": similarity_probe(lambda x: patchify(x, CONFIG.patch_size).permute(0, 3, 1, 2))}
 
 
+
+# -----------------------------------------------------------------------------
+# Figures
+
+
+@torch.no_grad()
+def reconstruct(model: MaskedAutoencoder, images: torch.Tensor, generator: torch.Generator):
+    """images (B, 3, S, S) 0..255 -> (masked inputs, reconstructions) as RGB 0..255, hidden
+    patches grey in the first. The model predicts each hidden patch's normalised pixels, not
+    its mean and contrast, so, as MAE's own figures of a norm-pix model do, those two come
+    from the true patch; the visible patches are the image's own."""
+    x = normalise(images)
+    mask = random_masking(len(x), x.shape[-1] // model.patch, MASK_RATIO, generator)
+    truth = patchify(x, model.patch)  # (B, g, g, D)
+    mean, std = truth.mean(-1, keepdim=True), (truth.var(-1, keepdim=True) + 1e-6) ** 0.5
+    predicted = model.eval()(x, mask) * std + mean
+    hidden = mask[..., None]
+    rebuilt = unpatchify(torch.where(hidden, predicted, truth), model.patch)
+    masked = unpatchify(torch.where(hidden, normalise(torch.full_like(images, 128.0)).mean()
+                                    .expand_as(truth), truth), model.patch)
+    back = torch.tensor(CONFIG.pixel_std).view(1, 3, 1, 1), torch.tensor(CONFIG.pixel_mean).view(1, 3, 1, 1)
+    return [(t * back[0] + back[1]).clamp(0, 255) for t in (masked, rebuilt)]
+
+
+def draw_reconstructions(model: MaskedAutoencoder, path: Path, columns: int = 5) -> None:
+    """Held-out images (MAE never saw them), 75% of their patches hidden: the masked input,
+    MAE's reconstruction and the truth, one column per image."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = train_toy.EVAL_SEEDS[:columns]
+    images = torch.from_numpy(np.stack([train_toy.make_sample(s)[0] for s in seeds]))
+    images = images.permute(0, 3, 1, 2).float()
+    masked, rebuilt = reconstruct(model, images, torch.Generator().manual_seed(CHECK_SEED))
+    fig, axes = plt.subplots(3, columns, figsize=(2 * columns, 6.3))
+    for row, (name, batch) in enumerate((("masked (75%)", masked), ("MAE", rebuilt),
+                                         ("truth", images))):
+        for col in range(columns):
+            axes[row, col].imshow(batch[col].permute(1, 2, 0).numpy().astype(np.uint8))
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+        axes[row, 0].set_ylabel(name)
+    fig.suptitle("MAE on held-out toy images: hidden patches rebuilt from the visible quarter")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+CURVES = FIGURES / "mae_curves.json"  # the train_toy runs of the lesson's table and figure
+CURVES_FIGURE = FIGURES / "mae_curves.png"
+FINAL_KEYS = ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_pearson_r")
+
+
+def summarise_run(out: Path) -> dict:
+    """What the lesson needs of one train_toy.py run in directory `out`: its command, seed,
+    machine and threads (OUT/ckpt.pt), learning curve and final held-out scores (OUT/metrics.json)."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    ckpt = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
+    run = ckpt["runs"][0]
+    return {"start": "MAE" if "--init" in run["command"] else "scratch", "seed": ckpt["seed"],
+            **{k: run[k] for k in ("command", "commit", "threads", "machine")},
+            "train_minutes": round(metrics["train_minutes"], 2), "steps": metrics["steps"],
+            "final": {**{k: round(metrics[k], 3) for k in FINAL_KEYS},
+                      "five_clicks_miou": round(metrics["miou_by_clicks"][4], 3)},
+            "learning_curve": [{k: round(v, 3) for k, v in point.items()}
+                               for point in metrics["learning_curve"]]}
+
+
+def draw_curves(runs: list, path: Path) -> None:
+    """Held-out box and 1-click oracle mIoU against training steps, from scratch and from MAE.
+    Steps, not minutes: the runs shared a busy machine, so their minutes are not comparable."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, key in zip(axes, ("box_miou", "one_click_oracle_miou")):
+        for run in runs:
+            curve = run["learning_curve"]
+            ax.plot([c["step"] for c in curve], [c[key] for c in curve],
+                    color="C1" if run["start"] == "MAE" else "C0",
+                    linestyle=("-", "--", ":")[run["seed"] % 3], marker="o", markersize=3,
+                    label=f"{run['start']}, seed {run['seed']}")
+        ax.set(xlabel="training step (the default run: 1600)", title=key.replace("_", " "),
+               ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out mIoU (16 images)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {path}")
+
 def provenance(argv: list) -> dict:
     """How the run was made, as train_toy.provenance records it, with the command of this
     script and the machine's load: a busy machine's minutes are not an idle machine's."""
@@ -306,6 +403,9 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=SHIPPED, help="the encoder's file")
     p.add_argument("--figure", action="store_true",
                    help="draw lessons/figures/mae.png from the encoder at --out, no training")
+    p.add_argument("--curves", type=Path, nargs="+", metavar="OUT",
+                   help="no training: summarise these train_toy.py --out directories into "
+                        "lessons/figures/mae_curves.json and draw mae_curves.png")
     args = p.parse_args(argv)
     for name in ("steps", "batch"):
         if getattr(args, name) < 1:
@@ -314,6 +414,14 @@ def main(argv=None):
         p.error(f"--lr must be > 0, got {args.lr}")
     if args.figure:
         draw_reconstructions(load(args.out), FIGURES / "mae.png")
+        return
+    if args.curves:
+        missing = [str(d) for d in args.curves if not (d / "metrics.json").is_file()]
+        if missing:
+            p.error(f"--curves: no metrics.json in {', '.join(missing)}")
+        runs = [summarise_run(d) for d in args.curves]
+        CURVES.write_text(json.dumps(runs, indent=2))
+        draw_curves(runs, CURVES_FIGURE)
         return
     record = provenance(argv)
     record["load_average_at_start"] = os.getloadavg()
