@@ -341,18 +341,24 @@ FINAL_KEYS = ("box_miou", "one_click_oracle_miou", "one_click_miou", "iou_head_p
 
 
 def summarise_run(out: Path) -> dict:
-    """What the lesson needs of one train_toy.py run in directory `out`: its command, seed,
-    machine and threads (OUT/ckpt.pt), learning curve and final held-out scores (OUT/metrics.json)."""
-    metrics = json.loads((out / "metrics.json").read_text())
+    """What the lesson needs of one train_toy.py run in directory `out`, finished or not: its
+    command, seed, machine and threads and its learning curve so far (OUT/ckpt.pt, saved
+    every --save-every steps), and once it has finished its final held-out scores
+    (OUT/metrics.json; "final" is None before)."""
     ckpt = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)
-    run = ckpt["runs"][0]
+    run, finished = ckpt["runs"][0], (out / "metrics.json").is_file()
+    final = None
+    if finished:
+        metrics = json.loads((out / "metrics.json").read_text())
+        final = {**{k: round(metrics[k], 3) for k in FINAL_KEYS},
+                 "five_clicks_miou": round(metrics["miou_by_clicks"][4], 3)}
     return {"start": "MAE" if "--init" in run["command"] else "scratch", "seed": ckpt["seed"],
             **{k: run[k] for k in ("command", "commit", "threads", "machine")},
-            "train_minutes": round(metrics["train_minutes"], 2), "steps": metrics["steps"],
-            "final": {**{k: round(metrics[k], 3) for k in FINAL_KEYS},
-                      "five_clicks_miou": round(metrics["miou_by_clicks"][4], 3)},
-            "learning_curve": [{k: round(v, 3) for k, v in point.items()}
-                               for point in metrics["learning_curve"]]}
+            "steps_done": ckpt["step"], "train_minutes": round(ckpt["history"][-1]["minutes"], 2),
+            "final": final,
+            "learning_curve": [{k: round(point[k], 3) for k in
+                                ("step", "minutes", "box_miou", "one_click_oracle_miou")}
+                               for point in train_toy.curve_points(ckpt["history"])]}
 
 
 def draw_curves(runs: list, path: Path) -> None:
@@ -404,7 +410,8 @@ def main(argv=None):
     p.add_argument("--figure", action="store_true",
                    help="draw lessons/figures/mae.png from the encoder at --out, no training")
     p.add_argument("--curves", type=Path, nargs="+", metavar="OUT",
-                   help="no training: summarise these train_toy.py --out directories into "
+                   help="no training: summarise these train_toy.py --out directories (finished or "
+                        "not) into "
                         "lessons/figures/mae_curves.json and draw mae_curves.png")
     args = p.parse_args(argv)
     for name in ("steps", "batch"):
@@ -416,9 +423,9 @@ def main(argv=None):
         draw_reconstructions(load(args.out), FIGURES / "mae.png")
         return
     if args.curves:
-        missing = [str(d) for d in args.curves if not (d / "metrics.json").is_file()]
+        missing = [str(d) for d in args.curves if not (d / "ckpt.pt").is_file()]
         if missing:
-            p.error(f"--curves: no metrics.json in {', '.join(missing)}")
+            p.error(f"--curves: no ckpt.pt in {', '.join(missing)}")
         runs = [summarise_run(d) for d in args.curves]
         CURVES.write_text(json.dumps(runs, indent=2))
         draw_curves(runs, CURVES_FIGURE)
