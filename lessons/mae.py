@@ -173,13 +173,15 @@ def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
 
 
 def pretrain(steps: int, batch: int, lr: float, seed: int, log=print):
-    """MAE pre-training: returns the model and the loss curve [(step, minutes, loss)]."""
+    """MAE pre-training: returns the model and the loss curve, every 25 steps the mean loss
+    since the last point, wall and CPU minutes (on a shared machine the two differ: CPU
+    minutes are this process's own work) and the machine's load."""
     torch.manual_seed(seed)
     model = MaskedAutoencoder()
     # MAE's AdamW: betas (0.9, 0.95), weight decay 0.05
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
     generator = torch.Generator().manual_seed(seed)
-    curve, start, window = [], time.time(), []
+    curve, start, start_cpu, window = [], time.time(), time.process_time(), []
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, steps, lr, warmup=max(1, steps // 20))
@@ -190,6 +192,7 @@ def pretrain(steps: int, batch: int, lr: float, seed: int, log=print):
         window.append(loss.item())
         if (step + 1) % 25 == 0 or step + 1 == steps:  # the curve: the mean of the last steps
             curve.append({"step": step + 1, "minutes": round((time.time() - start) / 60, 3),
+                          "cpu_minutes": round((time.process_time() - start_cpu) / 60, 3),
                           "loss": round(float(np.mean(window)), 4),
                           "load_average": round(os.getloadavg()[0], 2)})
             window = []
@@ -402,7 +405,7 @@ def provenance(argv: list) -> dict:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description="MAE pre-training of minisam's toy image encoder.")
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=int, default=160)
     p.add_argument("--batch", type=int, default=16, help="images per step")
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -411,8 +414,7 @@ def main(argv=None):
                    help="draw lessons/figures/mae.png from the encoder at --out, no training")
     p.add_argument("--curves", type=Path, nargs="+", metavar="OUT",
                    help="no training: summarise these train_toy.py --out directories (finished or "
-                        "not) into "
-                        "lessons/figures/mae_curves.json and draw mae_curves.png")
+                        "not) into lessons/figures/mae_curves.json and draw mae_curves.png")
     args = p.parse_args(argv)
     for name in ("steps", "batch"):
         if getattr(args, name) < 1:
@@ -437,7 +439,8 @@ def main(argv=None):
     save(model, args.out)
     shipped = load(args.out)
     record.update({
-        "minutes": curve[-1]["minutes"], "steps": args.steps, "images_per_step": args.batch,
+        "minutes": curve[-1]["minutes"], "cpu_minutes": curve[-1]["cpu_minutes"],
+        "steps": args.steps, "images_per_step": args.batch,
         "lr": args.lr, "seed": args.seed, "mask_ratio": MASK_RATIO,
         "images_seen": args.steps * args.batch,
         "busy": max(c["load_average"] for c in curve) > os.cpu_count(),
