@@ -982,8 +982,8 @@ def initial_model(config: SamConfig, path: Path, seed: int) -> minisam.Sam:
     state dict alone (lessons/mae.py's MAE encoder, as SAM starts), loaded into a Sam whose
     prompt encoder and decoder are random from `seed`, the very weights a run from scratch
     starts them with."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # mapped, not read: only the keys are looked at before build_sam reads a whole Sam
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a readable file: build_sam below says so in its own words
         state = None
     if not (isinstance(state, dict) and "patch_embed.proj.weight" in state):
@@ -993,8 +993,8 @@ def initial_model(config: SamConfig, path: Path, seed: int) -> minisam.Sam:
     try:
         model.image_encoder.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"{path} is an image encoder's state dict that does not fit the "
-                         f"{config.encoder_embed_dim}-d toy encoder: {e}") from None
+        raise ValueError(f"--init {path}: an image encoder's state dict that does not fit "
+                         f"this config's encoder: {e}") from None
     return model
 
 
