@@ -154,7 +154,8 @@ def training_images(count: int, generator: torch.Generator) -> torch.Tensor:
     seeds = torch.randint(len(train_toy.TRAIN_SEEDS), (count,), generator=generator).tolist()
     worlds = torch.randint(len(train_toy.TRAINING_WORLDS), (count,), generator=generator).tolist()
     samples = [train_toy.make_sample(train_toy.TRAIN_SEEDS[s], CONFIG.image_size,
-                                     train_toy.TRAINING_WORLDS[w])[0] for s, w in zip(seeds, worlds)]
+                                     train_toy.TRAINING_WORLDS[w])[0]
+               for s, w in zip(seeds, worlds)]
     return torch.from_numpy(np.stack(samples)).permute(0, 3, 1, 2).float()
 
 
@@ -284,7 +285,8 @@ def probes(model: MaskedAutoencoder) -> dict:
     random_encoder = minisam.ImageEncoderViT(CONFIG).eval()
     return {"mae_encoder": similarity_probe(model.encoder),
             "random_encoder": similarity_probe(random_encoder),
-            "pixels": similarity_probe(lambda x: patchify(x, CONFIG.patch_size).permute(0, 3, 1, 2))}
+            "pixels": similarity_probe(
+                lambda x: patchify(x, CONFIG.patch_size).permute(0, 3, 1, 2))}
 
 
 
@@ -307,8 +309,9 @@ def reconstruct(model: MaskedAutoencoder, images: torch.Tensor, generator: torch
     rebuilt = unpatchify(torch.where(hidden, predicted, truth), model.patch)
     masked = unpatchify(torch.where(hidden, normalise(torch.full_like(images, 128.0)).mean()
                                     .expand_as(truth), truth), model.patch)
-    back = torch.tensor(CONFIG.pixel_std).view(1, 3, 1, 1), torch.tensor(CONFIG.pixel_mean).view(1, 3, 1, 1)
-    return [(t * back[0] + back[1]).clamp(0, 255) for t in (masked, rebuilt)]
+    pixel_std = torch.tensor(CONFIG.pixel_std).view(1, 3, 1, 1)
+    pixel_mean = torch.tensor(CONFIG.pixel_mean).view(1, 3, 1, 1)
+    return [(t * pixel_std + pixel_mean).clamp(0, 255) for t in (masked, rebuilt)]
 
 
 def draw_reconstructions(model: MaskedAutoencoder, path: Path, columns: int = 5) -> None:

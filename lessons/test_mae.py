@@ -70,7 +70,8 @@ def test_a_tiny_mae_step_learns_and_its_loss_counts_only_hidden_patches():
     assert mae.mae_loss(prediction, hidden_changed, mask).item() > loss.item()
     loss.backward()
     # the gradient reaches the encoder's first and last weights and the mask token
-    for p in (model.encoder.patch_embed.proj.weight, model.encoder.neck[2].weight, model.mask_token):
+    for p in (model.encoder.patch_embed.proj.weight, model.encoder.neck[2].weight,
+              model.mask_token):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
