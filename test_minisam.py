@@ -1748,7 +1748,7 @@ def test_lessons_and_readme_name_only_code_that_exists():
 def test_every_picture_exists_and_is_drawn_by_code():
     figures = lessons_module("make_figures").FIGURES
     drawn_elsewhere = "".join((ROOT / "lessons" / name).read_text()
-                              for name in ("data_engine.py", "text_prompts.py"))
+                              for name in ("data_engine.py", "text_prompts.py", "mae.py"))
     for doc in DOCS:
         for link in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", doc.read_text()):
             path = doc.parent / link

@@ -1412,7 +1412,8 @@ def parse_args(argv=None):
                         "image every draw)")
     p.add_argument("--init", type=Path, metavar="PATH",
                    help="start from the weights of this checkpoint (a fresh optimizer and "
-                        "schedule) instead of random ones")
+                        "schedule) instead of random ones; an image encoder's state dict alone "
+                        "(lessons/mae_encoder.pt) starts the encoder only")
     p.add_argument("--export-toy", type=Path, metavar="DIR",
                    help="write --images toy worlds in SA-1B's layout to DIR (finetune.py's "
                         "data), and stop")
@@ -1483,6 +1484,27 @@ def save_model(path: Path, state: dict, metrics: dict) -> None:
     print(f"wrote {path} and {path.with_suffix('.json')}")
 
 
+def initial_model(config: SamConfig, path: Path, seed: int) -> minisam.Sam:
+    """--init's model: a whole Sam's checkpoint (what build_sam loads), or an image encoder's
+    state dict alone (lessons/mae.py's MAE encoder, as SAM starts), loaded into a Sam whose
+    prompt encoder and decoder are random from `seed`, the very weights a run from scratch
+    starts them with."""
+    try:  # mapped, not read: only the keys are looked at before build_sam reads a whole Sam
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a readable file: build_sam below says so in its own words
+        state = None
+    if not (isinstance(state, dict) and "patch_embed.proj.weight" in state):
+        return minisam.build_sam(config, checkpoint=path)
+    torch.manual_seed(seed)  # as main does before a Sam from scratch
+    model = minisam.Sam(config)
+    try:
+        model.image_encoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"--init {path}: an image encoder's state dict that does not fit "
+                         f"this config's encoder: {e}") from None
+    return model
+
+
 def pick_device(name: str) -> torch.device:
     if name != "auto":
         return torch.device(name)
@@ -1535,7 +1557,7 @@ def load_run(args, config: SamConfig):
 def new_model(args, config: SamConfig) -> minisam.Sam:
     """The weights a run starts from: --init's, or random ones drawn from --seed."""
     if args.init is not None:  # trained weights, on this run's schedule
-        return minisam.build_sam(config, checkpoint=args.init)
+        return initial_model(config, args.init, args.seed)
     torch.manual_seed(args.seed)
     return minisam.Sam(dataclasses.replace(
         config, image_size=args.settings.image_size(0, config.image_size)))
