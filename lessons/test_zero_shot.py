@@ -177,3 +177,24 @@ def test_the_foundation_checkpoint_scores_what_its_json_says():
     for key, value in record["metrics"].items():
         if key not in ("steps", "train_minutes"):
             assert metrics[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_lesson_11_means_and_the_readme_are_the_json():
+    """The means table of lesson 11 and the README's zero-shot paragraph quote results.json
+    and lessons/foundation_sam.json."""
+    results = json.loads(RESULTS.read_text())
+    lesson = (ROOT / "lessons" / "11_zero_shot.md").read_text()
+    for model in ("foundation", "one-world", "specialist"):
+        m = results["means"][model]
+        row = f"| {model} | " + " | ".join(f"{m[k]:.3f}" for k in ("box", "oracle", "choice",
+                                                                  "after_5_clicks")) + " |"
+        assert row in lesson, row
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    record = json.loads(FOUNDATION.with_suffix(".json").read_text())
+    assert f"box {record['metrics']['box_miou']:.3f} on the original world" in readme
+    means = {m: f"{results['means'][m]['box']:.3f}" for m in ("foundation", "one-world", "specialist")}
+    assert (f"mean box mIoU: foundation {means['foundation']}, one-world {means['one-world']}, "
+            f"a specialist per world (300 steps on its own images) {means['specialist']}") in readme
+    one_world = json.loads((ROOT / "lessons" / "toy_sam.json").read_text())["metrics"]["box_miou"]
+    assert (f"box {record['metrics']['box_miou']:.3f} on the original world's 64 held-out images, "
+            f"against the one-world model's {one_world:.3f}") in " ".join(lesson.split())
