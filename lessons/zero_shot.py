@@ -330,16 +330,9 @@ def data_ablation() -> dict:
 # Figures
 
 
-def plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot
-    return matplotlib.pyplot
-
-
 def draw_worlds(path: Path) -> None:
     """Three images of every world, with their masks' outlines."""
-    pyplot = plt()
+    pyplot = train_toy.pyplot()
     worlds = [(w, "training") for w in TRAINING_WORLDS] + [(w, "held out") for w in HELD_OUT_WORLDS]
     fig, axes = pyplot.subplots(4, 8, figsize=(16, 8.6))  # two images of each of 16 worlds
     for i, (world, split) in enumerate(worlds):
@@ -358,14 +351,12 @@ def draw_worlds(path: Path) -> None:
                              color="tab:blue" if split == "training" else "tab:red")
     fig.suptitle("The toy worlds: 7 training worlds (the toy SA-1B, blue) and 9 held-out "
                  "ones (red); black: the true masks' outlines", fontsize=12)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    pyplot.close(fig)
+    train_toy.save_figure(fig, path)
 
 
 def draw_clicks(results: dict, path: Path) -> None:
     """Figure 9's panels: mIoU against clicks on each held-out world, each model."""
-    pyplot = plt()
+    pyplot = train_toy.pyplot()
     fig, axes = pyplot.subplots(1, len(HELD_OUT_WORLDS), figsize=(2.1 * len(HELD_OUT_WORLDS), 2.6),
                                 sharey=True)
     for ax, world in zip(axes, HELD_OUT_WORLDS):
@@ -379,15 +370,13 @@ def draw_clicks(results: dict, path: Path) -> None:
     axes[0].set_ylabel("mIoU")
     axes[len(axes) // 2].set_xlabel("clicks")
     axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    pyplot.close(fig)
+    train_toy.save_figure(fig, path)
 
 
 def draw_ablation(runs: dict, path: Path) -> None:
     """Figure 13's question: zero-shot mIoU on the held-out worlds against the number of
     training worlds (fixed images) and against the number of images (all worlds)."""
-    pyplot = plt()
+    pyplot = train_toy.pyplot()
     fig, (by_worlds, by_images) = pyplot.subplots(1, 2, figsize=(8, 3), sharey=True)
     for ax, kind, label in ((by_worlds, "worlds", f"training worlds ({ABLATION_IMAGES} images)"),
                             (by_images, "images", f"images ({len(TRAINING_WORLDS)} worlds)")):
@@ -400,16 +389,14 @@ def draw_ablation(runs: dict, path: Path) -> None:
     by_worlds.set_ylabel("held-out mIoU (zero-shot)")
     by_worlds.legend()
     fig.suptitle(f"The data ablation: {runs['steps']} steps from the one-world model", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    pyplot.close(fig)
+    train_toy.save_figure(fig, path)
 
 
 def draw_failures(model: minisam.Sam, path: Path, per_world: int = 1) -> None:
     """The foundation model's worst box prompt on each held-out world: the truth's outline
     (white) beside the predicted mask (magenta, a colour the palettes of the worlds avoid
     only by chance, so the outline is drawn over it)."""
-    pyplot = plt()
+    pyplot = train_toy.pyplot()
     fig, axes = pyplot.subplots(2, len(HELD_OUT_WORLDS), figsize=(2 * len(HELD_OUT_WORLDS), 4.3))
     for column, world in enumerate(HELD_OUT_WORLDS):
         worst = (2.0, None)
@@ -439,9 +426,7 @@ def draw_failures(model: minisam.Sam, path: Path, per_world: int = 1) -> None:
                          fontsize=8)
     fig.suptitle("Where the foundation model fails: its worst box prompt on each held-out "
                  "world (white: truth; magenta: prediction; yellow: the box)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    pyplot.close(fig)
+    train_toy.save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
