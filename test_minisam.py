@@ -1748,7 +1748,8 @@ def test_lessons_and_readme_name_only_code_that_exists():
 def test_every_picture_exists_and_is_drawn_by_code():
     figures = lessons_module("make_figures").FIGURES
     drawn_elsewhere = "".join((ROOT / "lessons" / name).read_text()
-                              for name in ("data_engine.py", "text_prompts.py", "mae.py"))
+                              for name in ("data_engine.py", "text_prompts.py", "mae.py",
+                                           "zero_shot.py"))
     for doc in DOCS:
         for link in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", doc.read_text()):
             path = doc.parent / link
@@ -1825,7 +1826,7 @@ def test_sa1b_folder_and_coco_json_give_the_same_masks(tmp_path):
     coco_dir = tmp_path / "coco"
     coco_dir.mkdir()
     images, annotations = [], []
-    for i, seed in enumerate(finetune.EXPORT_SEEDS[:3]):
+    for i, seed in enumerate(train_toy.EXPORT_SEEDS[:3]):
         shutil.copy(sa1b / f"toy_{seed}.png", coco_dir / f"image{i}.png")
         images.append({"id": 10 + i, "file_name": f"image{i}.png", "height": 64, "width": 64})
         for mask in train_toy.make_world(seed)[1]:
@@ -1842,7 +1843,7 @@ def test_sa1b_folder_and_coco_json_give_the_same_masks(tmp_path):
     rectangle[8:30, 5:20] = True
     assert np.array_equal(frame_masks(from_coco[2])[-1], rectangle)
     from_coco[2].masks.pop()
-    for a, b, seed in zip(from_sa1b, from_coco, finetune.EXPORT_SEEDS):
+    for a, b, seed in zip(from_sa1b, from_coco, train_toy.EXPORT_SEEDS):
         assert np.array_equal(frame_masks(a), train_toy.make_world(seed)[1])
         assert np.array_equal(frame_masks(a), frame_masks(b))
 
@@ -2007,10 +2008,11 @@ def run(data: Path, out: Path, *flags):
 
 @pytest.fixture(scope="module")
 def six_steps(toy_data, few_targets, tmp_path_factory):
-    """A run of 6 steps from random weights (seed 0), and the data as it was before."""
+    """A run of 6 steps from random weights (seed 0), the encoder frozen, and the data as it
+    was before."""
     before = snapshot(toy_data)
     out = tmp_path_factory.mktemp("six_steps")
-    return run(toy_data, out), out, before
+    return run(toy_data, out, "--freeze-encoder"), out, before
 
 
 @slow
@@ -2037,10 +2039,10 @@ def test_resume_continues_the_same_run_and_eval_only_scores_it_again(toy_data, s
                                                                      tmp_path, monkeypatch):
     whole, out, _ = six_steps
     with pytest.raises(SystemExit, match="seed"):
-        run(toy_data, out, "--resume", "--seed", "1")
+        run(toy_data, out, "--resume", "--seed", "1", "--freeze-encoder")
     finetune.main(["--data", str(toy_data), "--config", "toy", "--out", str(tmp_path),
-                   "--steps", "3"])
-    resumed = run(toy_data, tmp_path, "--resume")
+                   "--steps", "3", "--freeze-encoder"])
+    resumed = run(toy_data, tmp_path, "--resume", "--freeze-encoder")
     a, b = (torch.load(path / "ckpt.pt", weights_only=True) for path in (out, tmp_path))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
@@ -2070,8 +2072,18 @@ def test_non_finite_loss_stops_a_fine_tune_before_it_reaches_the_checkpoint(toy_
     monkeypatch.setattr(finetune, "load_embeddings", embeddings)
     monkeypatch.setattr(finetune, "SAVE_EVERY", 2)
     with pytest.raises(SystemExit, match="step 3: the loss is nan.*last good checkpoint"):
-        run(toy_data, tmp_path)
+        run(toy_data, tmp_path, "--freeze-encoder")  # the path through cached embeddings
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 2
+
+
+def test_the_encoder_trains_by_default_only_where_it_is_small():
+    """The toy's 0.5M-weight encoder trains by default, ViT-B's 90M stay frozen; either flag
+    overrides the rule."""
+    def train_encoder(*flags):
+        return finetune.parse_args(["--data", "DATA", *flags]).train_encoder
+    assert train_encoder("--config", "toy") and not train_encoder("--config", "vit_b")
+    assert not train_encoder("--config", "toy", "--freeze-encoder")
+    assert train_encoder("--config", "vit_b", "--train-encoder")
 
 
 @slow

@@ -1546,8 +1546,8 @@ def load_run(args, config: SamConfig):
                                ("worlds", [w.name for w in args.worlds], ["shapes"]),
                                ("train_images", args.train_images, None)):
         if args.resume and state.get(key, before) != value:
-            raise SystemExit(f"{path} was trained with --{key} {state.get(key)}; "
-                             f"resuming with {value} would draw other batches")
+            raise SystemExit(f"{path} was trained with --{key} {state.get(key, before)}; "
+                             f"resuming with --{key} {value} would draw other batches")
     if args.resume and saved == config and state["step"] < args.small_steps:
         raise SystemExit(f"{path} is at full size at step {state['step']}, within --small-steps "
                          f"{args.small_steps}: resume with the --small-steps it was trained with")
