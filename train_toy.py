@@ -1082,7 +1082,12 @@ def save_figure(fig, path: Path) -> None:
 PREDICTED = (0.1, 0.4, 1.0)  # blue fill: a model's mask
 BOX = "#ffd92f"  # yellow frame: a box prompt
 EDGED = [patheffects.withStroke(linewidth=3.4, foreground="black")]  # a black edge under a line
-CLICKS = {1: dict(marker="P", color="#3cf03c"), 0: dict(marker="X", color="#ff3c3c")}
+# a click: a marker edged in black, green plus for foreground (label 1), red cross for background
+CLICKS = {label: dict(marker=marker, color=colour, ls="", markeredgecolor="black", markeredgewidth=1.3)
+          for label, marker, colour in ((1, "P", "#3cf03c"), (0, "X", "#ff3c3c"))}
+FILL_ALPHA = 0.6  # the opacity of a mask's fill
+AUTOMATIC_ALPHA = 0.75  # and of the automatic masks', each in its own colour, one over another
+GREYS = (-106, 319)  # the luminances drawn black and white: the image's greys span 0.25 to 0.85
 
 
 def grey(image: np.ndarray) -> np.ndarray:
@@ -1094,11 +1099,11 @@ def show(ax, image: np.ndarray, colour: bool = False) -> None:
     if colour:
         ax.imshow(image, interpolation="nearest")
     else:  # in mid greys (0.25 to 0.85), so that white and black lines stand out on it
-        ax.imshow(grey(image), cmap="gray", vmin=-106, vmax=319, interpolation="nearest")
+        ax.imshow(grey(image), cmap="gray", vmin=GREYS[0], vmax=GREYS[1], interpolation="nearest")
     ax.axis("off")
 
 
-def fill(ax, mask: np.ndarray, colour=PREDICTED, alpha: float = 0.6) -> None:
+def fill(ax, mask: np.ndarray, colour=PREDICTED, alpha: float = FILL_ALPHA) -> None:
     rgba = np.zeros((*mask.shape, 4))
     rgba[mask] = (*colour, alpha)
     ax.imshow(rgba, interpolation="nearest")
@@ -1114,8 +1119,7 @@ def outline(ax, mask: np.ndarray, linestyle: str = "-") -> None:
 
 def draw_clicks(ax, points, labels, size: float = 10) -> None:
     for (x, y), label in zip(np.asarray(points).tolist(), np.asarray(labels).tolist()):
-        ax.plot(x, y, ls="", markersize=size, markeredgecolor="black", markeredgewidth=1.3,
-                **CLICKS[int(label)])
+        ax.plot(x, y, markersize=size, **CLICKS[int(label)])
 
 
 def draw_box(ax, box) -> None:
@@ -1151,13 +1155,11 @@ def legend(fig, *items) -> None:
     """A legend under a figure made with layout="constrained", for the given items of the
     drawing rules."""
     handles = {
-        "mask": Patch(facecolor=(*PREDICTED, 0.6), edgecolor="none", label="predicted mask"),
+        "mask": Patch(facecolor=(*PREDICTED, FILL_ALPHA), edgecolor="none", label="predicted mask"),
         "truth": Line2D([], [], color="white", lw=1.4, path_effects=EDGED, label="true mask"),
         "box": Line2D([], [], color=BOX, lw=1.6, path_effects=EDGED, label="box prompt"),
-        "positive": Line2D([], [], ls="", markersize=9, markeredgecolor="black",
-                           label="foreground click", **CLICKS[1]),
-        "negative": Line2D([], [], ls="", markersize=9, markeredgecolor="black",
-                           label="background click", **CLICKS[0])}
+        "positive": Line2D([], [], markersize=9, label="foreground click", **CLICKS[1]),
+        "negative": Line2D([], [], markersize=9, label="background click", **CLICKS[0])}
     fig.legend(handles=[handles[i] for i in items], loc="outside lower center",
                ncol=len(items), facecolor="#d9d9d9", fontsize=9)
 
@@ -1307,7 +1309,7 @@ def draw_automatic_masks(model: minisam.Sam, label: str, path: Path) -> None:
         """Automatic masks in colours of their own (the image is grey): large first."""
         show(ax, image)
         for n, r in enumerate(sorted(rows, key=lambda r: -found[r].sum())):
-            fill(ax, found[r], colour=palette(n % 10)[:3], alpha=0.75)
+            fill(ax, found[r], colour=palette(n % 10)[:3], alpha=AUTOMATIC_ALPHA)
 
     fills(axes[1], range(len(found)))
     axes[1].set_title(f"{len(found)} automatic masks\nprecision {here['precision']:.2f}, "

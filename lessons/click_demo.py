@@ -8,9 +8,11 @@ click_demo.py: click on an image and watch SAM's masks follow, in real time.
     python lessons/click_demo.py --benchmark --config vit_b   # ViT-B shapes, random weights
 
 In the window:
-    left click   a foreground point (green dot)    right click   a background point (red cross)
-    drag         a box                             a             the automatic masks
+    left click   a foreground point (green plus)   right click   a background point (red cross)
+    drag         a box (yellow)                    a             the automatic masks
     n            the next toy image                escape        clear the prompts
+
+The image is shown in grey and a mask in blue, as in every figure (train_toy.py, "4. Pictures").
 
 This is SAM's design at work (paper section 3, "Efficiency"; lesson 6): the heavy image
 encoder runs once, when an image is shown, and every click runs only the light prompt encoder
@@ -28,10 +30,10 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
 import matplotlib.image
 import numpy as np
 import torch
-from matplotlib import patheffects
 from matplotlib.artist import Artist
 from matplotlib.backend_bases import FigureManagerBase, KeyEvent, MouseButton, MouseEvent
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -41,24 +43,22 @@ from matplotlib.patches import Rectangle
 # the lesson scripts live one level below the package's two modules
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import minisam  # noqa: E402
-from train_toy import EVAL_SEEDS, TOY_AMG_SETTINGS, interior_point, make_sample  # noqa: E402
+from train_toy import (AUTOMATIC_ALPHA, BOX, CLICKS, EDGED, EVAL_SEEDS, FILL_ALPHA,  # noqa: E402
+                       GREYS, PREDICTED, TOY_AMG_SETTINGS, grey, interior_point, make_sample)
 
 TOY_CHECKPOINT = Path(__file__).resolve().parent / "toy_sam.pt"
 FIGSIZE = (13, 4.6)  # inches: the prompt panel and three mask panels side by side
 # A panel of the window is about 310 screen pixels wide, so an image is shown with at most
-# this many pixels a side (every 4th pixel of a 1024 px image, each pixel of a 64 px one 4
-# times): drawing a 1024 px image at full size would cost several times what the decoder
+# this many pixels a side (every 4th pixel of a 1024 px image, every pixel of a 64 px one):
+# drawing a 1024 px image at full size would cost several times what the decoder
 # does, and a picture a little smaller than its panel loses no row or column on screen.
 DISPLAY_SIDE = 300
 DRAG = 5  # screen pixels a press must move before it is a box rather than a click
-# The toy world paints its objects in random colours, so no colour is safe on its own: a mask
-# is shown by dimming what lies outside it and outlined white inside black, the box is white
-# edged black, and the clicks differ in shape as well as colour.
-EDGED = [patheffects.withStroke(linewidth=3.5, foreground="black")]
-POSITIVE = dict(marker="o", color="lime", markeredgecolor="black", markersize=9, linestyle="none")
-NEGATIVE = dict(marker="X", color="red", markeredgecolor="black", markersize=10, linestyle="none")
-DIM = 0.55  # how much darker everything outside a mask is drawn
-DARKER = (np.arange(256) * (1 - DIM)).astype(np.uint8)  # each uint8 value, dimmed
+# The demo draws as every figure of the project does, by the rules of train_toy.py's section
+# "4. Pictures" and with its colours: the image in grey (the toy world's random colours leave
+# no colour safe on top of them), a model's mask a blue fill (PREDICTED), a foreground click a
+# green plus and a background click a red cross (CLICKS), a box prompt a yellow frame (BOX),
+# all edged in black (EDGED). The demo shows no true mask, so nothing is outlined in white.
 
 
 # -----------------------------------------------------------------------------
@@ -84,13 +84,17 @@ def load_image(path) -> np.ndarray:
     return image[..., :3].copy()  # Pillow's arrays are read-only; torch wants to own one
 
 
-def edges(mask: np.ndarray) -> tuple:
-    """The border of an (h, w) bool mask as two (h, w) bool maps: its own pixels next to the
-    outside (4-neighbours), and the outside pixels next to it. Painted white and black they
-    outline the mask on any colour, at the same cost however ragged the mask is."""
-    padded = np.pad(mask, 1)  # outside the image is outside the mask: the border is an edge
-    neighbours = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
-    return mask & ~np.logical_and.reduce(neighbours), ~mask & np.logical_or.reduce(neighbours)
+def greyed(image: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 -> the (h, w, 3) uint8 grey picture train_toy.show draws of it: its
+    luminance (train_toy.grey) in mid greys, through the same colour map."""
+    low, high = GREYS
+    return matplotlib.colormaps["gray"]((grey(image) - low) / (high - low), bytes=True)[..., :3]
+
+
+def tinted(picture: np.ndarray, colour, alpha: float) -> np.ndarray:
+    """uint8 `picture` under `colour` (RGB in [0, 1]) of opacity `alpha`, as train_toy.fill
+    lays it over the image."""
+    return ((1 - alpha) * picture + alpha * 255 * np.asarray(colour)).round().astype(np.uint8)
 
 
 class ScreenPicture(Artist):
@@ -140,25 +144,23 @@ class Panel:
 
     def __init__(self, ax, image: np.ndarray, title: str):
         H, W = image.shape[:2]
-        # The picture has about DISPLAY_SIDE pixels a side, whatever the image's size: every
-        # `step`-th pixel of a large image, each pixel of a small one `repeat` times a side
-        # (so that a one-pixel outline is thin on a 64 px toy image too).
+        # The picture has at most DISPLAY_SIDE pixels a side: every `step`-th pixel of a large
+        # image, every pixel of a small one.
         self.step = max(1, math.ceil(max(H, W) / DISPLAY_SIDE))
-        self.repeat = max(1, DISPLAY_SIDE // max(H, W))
-        self.shown = self.resize(image)  # (h, w, 3)
-        self.dimmed = DARKER[self.shown]
+        self.shown = greyed(self.resize(image))  # (h, w, 3)
+        self.masked = tinted(self.shown, PREDICTED, FILL_ALPHA)  # all of it under a model's mask
         # the picture is opaque uint8 RGBA, the form the renderer copies as it is
         self.rgba = np.full((*self.shown.shape[:2], 4), 255, np.uint8)
         self.rgba[..., :3] = self.shown
         ax.clear()
         ax.set_title(title, fontsize=10)
-        # a shown pixel covers step / repeat image pixels: the axes keep the image's pixel frame
-        h, w = np.array(self.shown.shape[:2]) * self.step / self.repeat
+        # a shown pixel covers `step` image pixels a side: the axes keep the image's pixel frame
+        h, w = np.array(self.shown.shape[:2]) * self.step
         self.picture = ScreenPicture(ax, self.rgba, extent=(w, h))
-        self.positives, = ax.plot([], [], **POSITIVE)
-        self.negatives, = ax.plot([], [], **NEGATIVE)
-        self.box = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor="white",
-                                          linewidth=1.5, path_effects=EDGED, visible=False))
+        self.positives, = ax.plot([], [], markersize=10, **CLICKS[1])
+        self.negatives, = ax.plot([], [], markersize=10, **CLICKS[0])
+        self.box = ax.add_patch(Rectangle((0, 0), 0, 0, fill=False, edgecolor=BOX,
+                                          linewidth=1.6, path_effects=EDGED, visible=False))
         self.note = ax.text(0.5, -0.03, "", transform=ax.transAxes, ha="center", va="top",
                             fontsize=10)
         self.artists = [self.picture, self.positives, self.negatives, self.box, self.note]
@@ -170,26 +172,19 @@ class Panel:
 
     def resize(self, array: np.ndarray) -> np.ndarray:
         """An (H, W, ...) image or mask at the picture's size."""
-        small = array[::self.step, ::self.step]
-        return small.repeat(self.repeat, axis=0).repeat(self.repeat, axis=1)
+        return array[::self.step, ::self.step]
 
     def show_masks(self, masks: list, fills: list = None) -> None:
-        """Full-size (H, W) bool masks, outlined, and either tinted half-way to their `fills`
-        (RGB in [0, 1]) or, with no fills, with everything outside them dimmed."""
+        """Full-size (H, W) bool masks on the grey image: a model's masks in blue (PREDICTED),
+        or, given `fills` (RGB in [0, 1]), each in its own colour, one over the other."""
         shown = [self.resize(m) for m in masks]
         rgb = self.rgba[..., :3]  # a view: writing it writes the picture
+        np.copyto(rgb, self.shown)
         if fills is not None:
-            np.copyto(rgb, self.shown)
             for mask, colour in zip(shown, fills):
-                rgb[mask] = (rgb[mask] + 255 * np.asarray(colour)) / 2
+                rgb[mask] = tinted(rgb[mask], colour, AUTOMATIC_ALPHA)
         elif shown:
-            np.copyto(rgb, self.dimmed)
-            np.copyto(rgb, self.shown, where=np.logical_or.reduce(shown)[..., None])
-        else:
-            np.copyto(rgb, self.shown)
-        for mask in shown:
-            inner, outer = edges(mask)
-            rgb[outer], rgb[inner] = 0, 255
+            np.copyto(rgb, self.masked, where=np.logical_or.reduce(shown)[..., None])
 
     def show_prompts(self, points: list, labels: list, box) -> None:
         for line, label in ((self.positives, 1), (self.negatives, 0)):
@@ -228,7 +223,7 @@ class ClickDemo:
         # the encoder's time changes once per image, the click's on every frame
         self.encoder_text = fig.text(0.01, 0.97, "", va="top", fontsize=10)
         self.status = fig.text(0.99, 0.97, "", ha="right", va="top", fontsize=10, animated=True)
-        keys = ["left click: foreground point (green dot)", "right click: background point "
+        keys = ["left click: foreground point (green plus)", "right click: background point "
                 "(red cross)", "drag: box", "a: automatic masks" if automatic else None,
                 "n: next image" if next_sample else None, "escape: clear"]
         fig.text(0.5, 0.02, "   |   ".join(k for k in keys if k), ha="center", fontsize=9)
@@ -322,7 +317,7 @@ class ClickDemo:
             panel.note.set_text("")
         if self.records is not None:
             by_area = sorted(self.records, key=lambda r: -r["area"])  # the small on top
-            colours = np.random.default_rng(0).uniform(0.2, 1, (len(by_area), 3))
+            colours = [matplotlib.colormaps["tab10"](k % 10)[:3] for k in range(len(by_area))]
             shown = [[r["segmentation"] for r in by_area], [], [], []]
             self.status.set_text(f"{len(self.records)} automatic masks in {t['automatic']:.2f} s")
         elif self.masks is None:

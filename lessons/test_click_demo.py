@@ -7,6 +7,8 @@ They sit beside the script; pytest collects them from the repository root, and
 import sys
 from pathlib import Path
 
+import matplotlib
+import matplotlib.colors
 import numpy as np
 import pytest
 import torch
@@ -43,18 +45,18 @@ def near(xy):
     return pytest.approx(xy, abs=0.2)
 
 
-def shows(click_demo, panel, masks) -> bool:
-    """The panel's picture is its image, opaque, with everything outside these masks dimmed
-    and each outlined (nothing, with no masks)."""
-    shown = [panel.resize(m) for m in masks]
-    inside = np.logical_or.reduce(shown) if masks else np.ones(panel.shown.shape[:2], bool)
-    expected = np.where(inside[..., None], panel.shown,
-                        (panel.shown * (1 - click_demo.DIM)).astype(np.uint8))
-    for mask in shown:
-        inner, outer = click_demo.edges(mask)
-        expected[outer], expected[inner] = 0, 255
+def shows(panel, image, masks) -> bool:
+    """The panel's picture is its image the way train_toy's figures draw it, opaque: grey
+    (train_toy.show: the luminance from -106 black to 319 white, so 0.25 to 0.85 of white),
+    and under these masks a model's blue (train_toy.fill: PREDICTED at opacity 0.6), with no
+    outline. Within 2 of 255: the grey colour map has 256 steps."""
+    grey = (train_toy.grey(panel.resize(image)) + 106) / 425 * 255  # (h, w) in [64, 217]
+    grey = np.repeat(grey[..., None], 3, -1)
+    blue = 0.4 * grey + 0.6 * 255 * np.array(train_toy.PREDICTED)
+    inside = np.logical_or.reduce([panel.resize(m) for m in masks]) if masks else False
+    expected = np.where(np.asarray(inside)[..., None], blue, grey)
     picture = panel.picture.rgba
-    return (picture[..., 3] == 255).all() and np.array_equal(picture[..., :3], expected)
+    return bool((picture[..., 3] == 255).all() and np.abs(picture[..., :3] - expected).max() <= 2)
 
 
 def test_click_demo_left_click_adds_a_point_and_draws_three_masks_of_the_images_shape(click_demo):
@@ -66,14 +68,24 @@ def test_click_demo_left_click_adds_a_point_and_draws_three_masks_of_the_images_
     # the same masks as asking the predictor directly: one ambiguous click, three answers
     masks, ious, _ = demo.predictor.predict(np.array(demo.points), np.array([1]))
     assert np.array_equal(demo.masks, masks) and np.allclose(demo.ious, ious)
-    # each mask panel dims exactly the outside of its mask; the first panel, of the best one
+    # each mask panel shows its mask in blue on the grey image; the first panel, the best one
     prompt, *panels = demo.panels
     for panel, mask in zip(panels, demo.masks):
-        assert shows(click_demo, panel, [mask])
-    assert shows(click_demo, prompt, [demo.masks[ious.argmax()]])
+        assert shows(panel, demo.image, [mask])
+        picture = panel.picture.rgba[..., :3].astype(int)
+        inside, outside = picture[panel.resize(mask)], picture[~panel.resize(mask)]
+        assert (outside[:, 0] == outside[:, 1]).all() and (outside[:, 1] == outside[:, 2]).all()
+        assert (inside[:, 2] > inside[:, 1] + 50).all() and (inside[:, 1] > inside[:, 0]).all()
+    assert shows(prompt, demo.image, [demo.masks[ious.argmax()]])
     for panel in demo.panels:  # the click is drawn on every panel, as a foreground point
         assert panel.positives.get_xydata().tolist() == [list(demo.points[0])]
         assert len(panel.negatives.get_xydata()) == 0
+        # in the figures' style: a green plus for the foreground, a red cross for the
+        # background, both edged in black
+        for line, label in ((panel.positives, 1), (panel.negatives, 0)):
+            assert line.get_marker() == train_toy.CLICKS[label]["marker"]
+            assert line.get_color() == train_toy.CLICKS[label]["color"]
+            assert line.get_markeredgecolor() == "black" and line.get_linestyle() == "None"
     assert "predicted IoU" in panels[0].ax.get_title()  # and the number under the picture:
     assert [p.note.get_text() for p in panels] == [f"{iou:.2f}" for iou in ious]
     assert [p.note.get_fontweight() for p in panels] == [
@@ -106,6 +118,10 @@ def test_click_demo_drag_is_a_box_prompt_clipped_to_the_image(click_demo):
     assert demo.masks.shape == (1, H, W) and np.array_equal(demo.masks, masks)
     x, y = demo.panels[1].box.get_xy()
     assert demo.panels[1].box.get_visible() and [x, y] == demo.box[:2]
+    # the figures' box: a yellow frame edged in black
+    frame = demo.panels[1].box
+    assert frame.get_edgecolor() == matplotlib.colors.to_rgba(train_toy.BOX)
+    assert frame.get_path_effects() == train_toy.EDGED and not frame.get_fill()
     click_demo.send_click(demo, 5.0, 5.0, to=(W + 30.0, H + 30.0))  # ends outside the axes
     assert demo.box == near([5.0, 5.0, W - 1, H - 1])
 
@@ -126,22 +142,28 @@ def test_click_demo_automatic_key_draws_the_records_and_escape_clears(click_demo
     assert len(demo.records) == len(records) > 0
     assert all(np.array_equal(a["segmentation"], b["segmentation"])
                for a, b in zip(demo.records, records))
-    # tinted where a mask is (a tint half-way to a random colour changes almost every
-    # pixel), outlined, and untouched elsewhere
+    # as the figures draw automatic masks: each in a tab10 colour of its own at opacity 0.75
+    # over the grey image (almost every pixel under a mask changes), the smallest on top, and
+    # the grey image untouched elsewhere
     prompt = demo.panels[0]
     shown = [prompt.resize(r["segmentation"]) for r in records]
     union = np.logical_or.reduce(shown)
-    around = np.logical_or.reduce([click_demo.edges(m)[1] for m in shown])  # black outlines
     picture = prompt.picture.rgba[..., :3]
     changed = (picture != prompt.shown).any(-1)
-    assert not changed[~union & ~around].any() and changed[union].mean() > 0.99
-    assert (picture[around & ~union] == 0).all()
+    assert not changed[~union].any() and changed[union].mean() > 0.99
+    by_area = sorted(range(len(records)), key=lambda k: -records[k]["area"])
+    top = shown[by_area[-1]]  # the smallest mask: its own colour over whatever lies below
+    below = prompt.shown.astype(float)
+    for n, k in enumerate(by_area):
+        colour = np.array(matplotlib.colormaps["tab10"](n % 10)[:3])
+        below = np.where(shown[k][..., None], 0.25 * below + 0.75 * 255 * colour, below)
+    assert np.abs(picture[top] - below[top]).max() <= 2
     assert demo.points == [] and demo.masks is None  # the prompts made way
     assert str(len(records)) in demo.status.get_text()
     click_demo.send_key(demo, "escape")
     assert demo.records is None
     for panel in demo.panels:
-        assert shows(click_demo, panel, [])
+        assert shows(panel, image, [])
 
 
 def test_click_demo_next_image_key_encodes_it_and_clears_the_prompts(click_demo):
@@ -157,22 +179,47 @@ def test_click_demo_next_image_key_encodes_it_and_clears_the_prompts(click_demo)
     assert len(demo.panels[1].note.get_text().split(", ")) == 2  # predicted, true
 
 
-def test_click_demo_edges_are_the_pixels_on_either_side_of_the_border(click_demo):
-    mask = np.zeros((4, 5), bool)
-    mask[2, 3] = True
-    inner, outer = click_demo.edges(mask)
-    assert np.array_equal(inner, mask)  # a single pixel is all border
-    assert sorted(zip(*np.nonzero(outer))) == [(1, 3), (2, 2), (2, 4), (3, 3)]  # 4-neighbours
-    inner, outer = click_demo.edges(np.ones((3, 3), bool))  # the image's border is a border
-    assert inner.sum() == 8 and not inner[1, 1] and not outer.any()
+def test_click_demo_draws_a_mask_as_the_figures_do(click_demo):
+    """One drawing convention (train_toy.py, "4. Pictures"): a panel of the demo with a mask
+    puts on screen what train_toy.mask_panel draws of the same image and mask, the grey image
+    with a blue fill, within a 255th (the two round differently)."""
+    demo = toy_demo(click_demo)
+    H, W = demo.image.shape[:2]
+    mask = np.zeros((H, W), bool)
+    mask[10:50, 5:30] = True
+    panel = demo.panels[1]
+    panel.show_masks([mask])
+    drawn = []
+    for fast in (True, False):
+        fig = click_demo.headless_figure()
+        ax = fig.add_axes((0.1, 0.1, 0.33, 0.8))
+        if fast:
+            click_demo.ScreenPicture(ax, panel.rgba, panel.picture.extent)
+        else:
+            train_toy.mask_panel(ax, demo.image, mask)
+        ax.set(xlim=(-0.5, W - 0.5), ylim=(H - 0.5, -0.5), aspect="equal")
+        ax.set_axis_off()
+        fig.canvas.draw()
+        drawn.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int))
+    figure = drawn[1]
+    inside = (figure != 255).any(-1)  # the axes' picture, not the white figure around it
+    # imshow resamples a little differently: a screen pixel at a border between two image
+    # pixels may take the other's colour, so only the screen pixels whose 4 neighbours have
+    # their colour in the figure are compared
+    border = np.zeros(inside.shape, bool)
+    for axis in (0, 1):
+        for shift in (1, -1):
+            border |= (np.roll(figure, shift, axis) != figure).any(-1)
+    compared = inside & ~border
+    assert compared.sum() > 10000
+    assert np.abs(drawn[0] - figure)[compared].max() <= 1
 
 
 def test_click_demo_pictures_keep_the_images_pixel_frame(click_demo):
-    for shape in ((64, 64, 3), (1000, 700, 3)):  # a toy image shown larger, a photo smaller
+    for shape, side in (((64, 64, 3), 64), ((1000, 700, 3), 250)):  # a photo: every 4th pixel
         demo = toy_demo(click_demo, image=np.zeros(shape, np.uint8))
         panel = demo.panels[1]
-        side = max(panel.shown.shape[:2])
-        assert click_demo.DISPLAY_SIDE * 0.75 < side <= click_demo.DISPLAY_SIDE
+        assert max(panel.shown.shape[:2]) == side <= click_demo.DISPLAY_SIDE
         width, height = panel.picture.extent  # image pixels, from (-0.5, -0.5)
         assert width >= shape[1] and height >= shape[0]
         assert demo.axes[1].get_xlim() == (-0.5, shape[1] - 0.5)
