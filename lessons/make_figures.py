@@ -7,14 +7,16 @@ make_figures.py: draw every figure of the README and the lessons into lessons/fi
 
 (`finetuning` runs lesson 10's fine-tune of the checkpoint first: minutes more, not seconds.)
 
-One function per figure, registered with @figure under the name of the PNG it writes; to add
-a figure, write a function `def name(path)` that saves one PNG to `path`, decorate it, and
-main() picks it up. Every figure is deterministic: fixed seeds, and images, clicks and masks
-chosen by a rule written beside the code, never by how good the prediction looks.
+One function per figure, registered under the name of the PNG it writes; to add a figure,
+write a function `def name(path)` that saves one PNG to `path`, decorate it with @figure, and
+main() picks it up (a figure of a trained model: `def name(path, checkpoints)`, decorated with
+@trained_model_figure). Every figure is deterministic: fixed seeds, and images, clicks and
+masks chosen by a rule written beside the code, never by how good the prediction looks.
 
-The figures of a trained model draw the toy checkpoint that ships with minisam,
-lessons/toy_sam.pt (`trained_model`), on held-out images (train_toy.EVAL_SEEDS): the model
-that `minisam.build_sam("toy", checkpoint="lessons/toy_sam.pt")` gives a reader.
+The figures of a trained model draw the checkpoint main() hands them (`Checkpoints`): unless
+--checkpoint says otherwise, the toy checkpoint that ships with minisam, lessons/toy_sam.pt,
+on held-out images (train_toy.EVAL_SEEDS): the model that
+`minisam.build_sam("toy", checkpoint="lessons/toy_sam.pt")` gives a reader.
 
 How masks are drawn (a blue fill for a model's mask, a white line for the true one, green and
 red marks for clicks, a yellow frame for a box, on the image in grey) is train_toy.py's, in
@@ -22,6 +24,7 @@ its section "Pictures": train_toy.py draws a run's pictures by the same rules.
 """
 
 import argparse
+import dataclasses
 import functools
 import math
 import shutil
@@ -48,24 +51,40 @@ from train_toy import (AMG_IMAGE, LEVELS, MATCH_IOU, draw_clicks, fill, iou,  # 
                        three_level_objects)
 
 FIGURES_DIR = Path(__file__).resolve().parent / "figures"
-FIGURES = {}  # name -> function(path) drawing lessons/figures/<name>.png
+FIGURES = {}  # name -> function(path, checkpoints) drawing lessons/figures/<name>.png
 
 
 def figure(fn):
-    """Register a figure function; its name is the PNG's name."""
+    """Register a figure function fn(path), one that draws no trained model; its name is the
+    PNG's name. main() hands every figure the checkpoints; this one leaves them."""
+    FIGURES[fn.__name__] = lambda path, checkpoints: fn(path)
+    return fn
+
+
+def trained_model_figure(fn):
+    """Register a figure function fn(path, checkpoints) that draws the trained model of
+    `checkpoints`; its name is the PNG's name."""
     FIGURES[fn.__name__] = fn
     return fn
 
 
 # -----------------------------------------------------------------------------
-# The shipped toy model, shared by every figure of a trained model
+# The trained toy model (the shipped one unless --checkpoint), shared by the figures of a
+# trained model
 
 SHIPPED = Path(__file__).resolve().parent / "toy_sam.pt"
-CHECKPOINT = SHIPPED  # what trained_model() loads; --checkpoint changes it
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoints:
+    """The toy checkpoints the figures of a trained model draw, as main() is given them."""
+    trained: Path  # --checkpoint: every figure of a trained model (default: SHIPPED)
+    default_run: Path | None  # --default-run: beside it in miou_vs_clicks and learning_curves
 
 
 @functools.cache
-def _load(path: Path):
+def trained_model(path: Path) -> tuple[minisam.Sam, str]:
+    """The toy model of a checkpoint, loaded once per path, and the label titles give it."""
     if not path.exists():
         raise FileNotFoundError(
             f"toy checkpoint {path} not found: the figures of a trained model are drawn from "
@@ -78,34 +97,27 @@ def _load(path: Path):
     return model, f"{path.name}, {step} training steps"
 
 
-def trained_model() -> minisam.Sam:
-    """The toy model of CHECKPOINT (lessons/toy_sam.pt unless --checkpoint), loaded once."""
-    return _load(CHECKPOINT)[0]
-
-
-def model_label() -> str:
-    return _load(CHECKPOINT)[1]
-
-
-@figure
-def hero(path: Path) -> None:
+@trained_model_figure
+def hero(path: Path, checkpoints: Checkpoints) -> None:
     """The README's first picture: one click -> three masks; a box; corrective clicks."""
-    predictor = minisam.SamPredictor(trained_model())
+    model, model_label = trained_model(checkpoints.trained)
+    predictor = minisam.SamPredictor(model)
     seed, chain = three_level_objects()[0]
     panels = prompt_panels(predictor, seed, chain)
     fig, axes = plt.subplots(2, 4, figsize=(11, 6.6), layout="constrained")
     for ax, panel in zip(axes.flat, panels):
         mask_panel(ax, **panel)
-    fig.suptitle(f"minisam's toy model ({model_label()}) on a held-out image:\n"
+    fig.suptitle(f"minisam's toy model ({model_label}) on a held-out image:\n"
                  "one click gives three masks; a box or more clicks say which one")
     legend(fig, "mask", "truth", "positive", "negative", "box")
     save_figure(fig, path)
 
 
-@figure
-def one_click_three_masks(path: Path) -> None:
+@trained_model_figure
+def one_click_three_masks(path: Path, checkpoints: Checkpoints) -> None:
     """Lesson 6's gallery: the hero's prompts on the next held-out images."""
-    train_toy.draw_gallery(trained_model(), model_label(), path)
+    model, model_label = trained_model(checkpoints.trained)
+    train_toy.draw_gallery(model, model_label, path)
 
 
 # -----------------------------------------------------------------------------
@@ -268,13 +280,13 @@ def attention_probabilities(module: minisam.Attention, q, k) -> torch.Tensor:
     return (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(-1)
 
 
-@figure
-def decoder_attention(path: Path) -> None:
+@trained_model_figure
+def decoder_attention(path: Path, checkpoints: Checkpoints) -> None:
     """Where the decoder's two kinds of cross-attention look after one click in the window of
     the README's figure: each pixel's weight on the click's token (image-to-token), and each
     multimask token's weights on the pixels (token-to-image), layer by layer; then the masks
     the tokens become."""
-    model = trained_model()
+    model, model_label = trained_model(checkpoints.trained)
     seed, chain = three_level_objects()[0]
     image, masks, _ = train_toy.make_world(seed)
     levels = masks[list(chain)]
@@ -343,7 +355,7 @@ def decoder_attention(path: Path) -> None:
         mask_panel(ax, image, out[m], levels[match], click, [1],
                    title=f"mask {m + 1}, nearest the {LEVELS[match]}\n"
                          f"{scores(predicted[m], out[m], levels[match])}")
-    fig.suptitle(f"the decoder's cross-attention after one click ({model_label()}, mean "
+    fig.suptitle(f"the decoder's cross-attention after one click ({model_label}, mean "
                  f"over heads)\nnear: the {int(near.sum())} cells of the {g}x{g} map within "
                  f"1.5 cells of the click ({near.float().mean():.0%} of them); far: over 5 away")
     legend(fig, "mask", "truth", "positive")
@@ -436,12 +448,12 @@ def losses(path: Path) -> None:
 # Lesson 05: training as simulated annotation
 
 
-@figure
-def simulated_annotation(path: Path) -> None:
+@trained_model_figure
+def simulated_annotation(path: Path, checkpoints: Checkpoints) -> None:
     """A held-out target through five passes of the training loop's simulated annotator:
     a first click, two corrective clicks, then the two passes with no new click that
     `--no-click-passes 2` adds (both at the end here), each pass fed the previous logits."""
-    model = trained_model()
+    model, model_label = trained_model(checkpoints.trained)
     seed, (_, part, _) = three_level_objects()[0]  # the part of the README's figure
     image, masks, _ = train_toy.make_world(seed)
     part = masks[part]
@@ -464,21 +476,19 @@ def simulated_annotation(path: Path) -> None:
         kind = "first click" if it == 0 else "corrective click" if it in (1, 2) else "no new click"
         mask_panel(ax, image, out[best], part, points, labels,
                    title=f"pass {it + 1}: {kind}\n{scores(predicted[best], out[best], part)}")
-    fig.suptitle(f"one held-out target through the training loop's passes ({model_label()})")
+    fig.suptitle(f"one held-out target through the training loop's passes ({model_label})")
     legend(fig, "mask", "truth", "positive", "negative")
     save_figure(fig, path)
 
 
-DEFAULT_RUN = None  # --default-run: a checkpoint of the default `python train_toy.py`
-
-
-@figure
-def miou_vs_clicks(path: Path) -> None:
+@trained_model_figure
+def miou_vs_clicks(path: Path, checkpoints: Checkpoints) -> None:
     """Held-out mIoU against the number of clicks (`evaluate`'s protocol), with the box
     prompt's mIoU for comparison: the shipped model, and a default run's if given."""
-    runs = [(trained_model(), f"shipped: {model_label()}")]
-    if DEFAULT_RUN is not None:
-        model, label = _load(DEFAULT_RUN)
+    model, label = trained_model(checkpoints.trained)
+    runs = [(model, f"shipped: {label}")]
+    if checkpoints.default_run is not None:
+        model, label = trained_model(checkpoints.default_run)
         runs.append((model, f"default `python train_toy.py`: {label}"))
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for (model, label), colour in zip(runs, ("C0", "C1")):
@@ -495,14 +505,14 @@ def miou_vs_clicks(path: Path) -> None:
     save_figure(fig, path)
 
 
-@figure
-def learning_curves(path: Path) -> None:
+@trained_model_figure
+def learning_curves(path: Path, checkpoints: Checkpoints) -> None:
     """Held-out box and 1-click oracle mIoU against training minutes, as `train_toy.py` records
     them in its checkpoint's history (CURVE_IMAGES held-out images at 64 px): the shipped model,
     and a default run's if given. The jump is the switch from 32 px to 64 px."""
-    runs = [(CHECKPOINT, "shipped", "C0")]
-    if DEFAULT_RUN is not None:
-        runs.append((DEFAULT_RUN, "default `python train_toy.py`", "C1"))
+    runs = [(checkpoints.trained, "shipped", "C0")]
+    if checkpoints.default_run is not None:
+        runs.append((checkpoints.default_run, "default `python train_toy.py`", "C1"))
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for checkpoint, label, colour in runs:
         history = train_toy.curve_points(torch.load(checkpoint, map_location="cpu",
@@ -524,16 +534,17 @@ def learning_curves(path: Path) -> None:
 # when a figure is drawn (they are chosen for the shipped checkpoint); the rest, like the
 # stability offset, are the generator's defaults.
 
-def toy_generator() -> minisam.SamAutomaticMaskGenerator:
-    return minisam.SamAutomaticMaskGenerator(trained_model(), **train_toy.TOY_AMG_SETTINGS)
+def toy_generator(model: minisam.Sam) -> minisam.SamAutomaticMaskGenerator:
+    return minisam.SamAutomaticMaskGenerator(model, **train_toy.TOY_AMG_SETTINGS)
 
 
-@figure
-def stability_score(path: Path) -> None:
+@trained_model_figure
+def stability_score(path: Path, checkpoints: Checkpoints) -> None:
     """A stable and an unstable mask of the automatic generator's grid, side by side: their
     logits with the two thresholds of the stability score, and the masks at those two
     thresholds with the true mask."""
-    generator = toy_generator()
+    model, model_label = trained_model(checkpoints.trained)
+    generator = toy_generator(model)
     threshold = generator.predictor.model.mask_threshold
     offset = generator.stability_score_offset
     image, truths = train_toy.make_sample(train_toy.EVAL_SEEDS[AMG_IMAGE])
@@ -593,17 +604,18 @@ def stability_score(path: Path) -> None:
     for level, style in ((threshold - offset, "--"), (threshold + offset, "-")):
         bar.ax.axhline(level, color="black", lw=1.5, ls=style)
     fig.suptitle(f"the stability score: IoU of the masks at logit > {threshold + offset:+g} "
-                 f"and > {threshold - offset:+g}\n({model_label()}, held-out image "
+                 f"and > {threshold - offset:+g}\n({model_label}, held-out image "
                  f"{train_toy.EVAL_SEEDS[AMG_IMAGE]}, two candidates of the generator's grid)")
     legend(fig, "mask", "truth", "positive")
     save_figure(fig, path)
 
 
-@figure
-def automatic_masks(path: Path) -> None:
+@trained_model_figure
+def automatic_masks(path: Path, checkpoints: Checkpoints) -> None:
     """The automatic masks of one held-out image beside its true masks, and the precision
     and recall at IoU >= MATCH_IOU on train_toy.AMG_EVAL_IMAGES held-out images."""
-    train_toy.draw_automatic_masks(trained_model(), model_label(), path)
+    model, model_label = trained_model(checkpoints.trained)
+    train_toy.draw_automatic_masks(model, model_label, path)
 
 
 # -----------------------------------------------------------------------------
@@ -651,8 +663,8 @@ def parameter_counts_by_preset(path: Path) -> None:
 FINETUNE_IMAGES = 200  # the shifted toy images lesson 10 exports and fine-tunes on
 
 
-@figure
-def finetuning(path: Path) -> None:
+@trained_model_figure
+def finetuning(path: Path, checkpoints: Checkpoints) -> None:
     """Lesson 10's run, redone: FINETUNE_IMAGES toy worlds exported in the shifted style,
     the checkpoint fine-tuned on them with finetune.py's defaults (decoder only), and the
     picture that run draws (OUT/examples.png): the first three held-out images in the
@@ -661,9 +673,9 @@ def finetuning(path: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data, out = Path(scratch) / "shifted", Path(scratch) / "out"
         train_toy.export_toy(data, FINETUNE_IMAGES, shifted=True)
-        trained_model()  # loads CHECKPOINT, printing which one is fine-tuned
-        finetune.main(["--data", str(data), "--config", "toy", "--checkpoint", str(CHECKPOINT),
-                       "--out", str(out)])
+        trained_model(checkpoints.trained)  # loads it, printing which one is fine-tuned
+        finetune.main(["--data", str(data), "--config", "toy",
+                       "--checkpoint", str(checkpoints.trained), "--out", str(out)])
         shutil.copyfile(out / "examples.png", path)
 
 
@@ -671,15 +683,15 @@ def finetuning(path: Path) -> None:
 # Lesson 14: SAM in a web page
 
 
-@figure
-def exported_decoder(path: Path) -> None:
+@trained_model_figure
+def exported_decoder(path: Path, checkpoints: Checkpoints) -> None:
     """Lesson 14: the answers of the decoder exported for the page (web_demo.export_decoder,
     run by ONNX Runtime as the page runs it) to a click, a second click and a box, on the
     page's default image, each outlined with SamPredictor's mask for the same prompts."""
     import onnxruntime
     import web_demo
 
-    model = trained_model()
+    model, model_label = trained_model(checkpoints.trained)
     image = train_toy.make_sample(train_toy.EVAL_SEEDS[3])[0]  # the page's default image
     predictor = minisam.SamPredictor(model)
     predictor.set_image(image)
@@ -704,17 +716,16 @@ def exported_decoder(path: Path) -> None:
                    f"{title}\npredicted IoU {ious[0, 0]:.3f} (torch {reference_ious[k]:.3f})",
                    colour=True)
         previous = low_res[0]  # the page's mask prompt for its next click
-    fig.suptitle(f"the exported decoder in ONNX Runtime, toy model ({model_label()}); the "
+    fig.suptitle(f"the exported decoder in ONNX Runtime, toy model ({model_label}); the "
                  "white line is SamPredictor's mask for the same prompts")
     legend(fig, "mask", "positive", "negative", "box")
-    save(fig, path)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
 
 
 def main(argv=None) -> None:
-    global CHECKPOINT, DEFAULT_RUN
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(FIGURES), metavar="NAME",
                         help=f"draw only this figure (repeatable); one of {sorted(FIGURES)}")
@@ -723,15 +734,15 @@ def main(argv=None) -> None:
                              f"the shipped {SHIPPED.relative_to(ROOT)})")
     parser.add_argument("--default-run", type=Path, default=None, metavar="CKPT",
                         help="a checkpoint of the default `python train_toy.py` run, drawn "
-                             "beside the shipped model in miou_vs_clicks")
+                             "beside the shipped model in miou_vs_clicks and learning_curves")
     args = parser.parse_args(argv)
-    CHECKPOINT, DEFAULT_RUN = args.checkpoint, args.default_run
+    checkpoints = Checkpoints(args.checkpoint, args.default_run)
     FIGURES_DIR.mkdir(parents=True, exist_ok=True)
     start = time.time()
     for name in args.only or FIGURES:
         t = time.time()
         try:
-            FIGURES[name](FIGURES_DIR / f"{name}.png")
+            FIGURES[name](FIGURES_DIR / f"{name}.png", checkpoints)
         except FileNotFoundError as e:  # the checkpoint: say so, without a traceback
             raise SystemExit(f"make_figures.py: {e}")
         print(f"{name}.png  {time.time() - t:.1f} s")

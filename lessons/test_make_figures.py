@@ -30,17 +30,28 @@ TRAINED_MODEL_FIGURES = ("hero", "one_click_three_masks", "decoder_attention",
 
 @pytest.fixture
 def figures(tmp_path, monkeypatch):
-    """make_figures, writing into tmp_path/figures, on a few held-out images; its checkpoint
-    (set by main) and its loaded models are put back afterwards."""
+    """make_figures, writing into tmp_path/figures, on a few held-out images; the models it
+    loaded are forgotten afterwards."""
     # the first six held-out images hold three objects of three levels (the hero's choice)
     monkeypatch.setattr(train_toy, "EVAL_SEEDS", range(10**6, 10**6 + 6))
     monkeypatch.setattr(train_toy, "AMG_EVAL_IMAGES", 2)
     monkeypatch.setattr(train_toy, "FIGURE_DPI", 30)  # small pictures save faster
     monkeypatch.setattr(make_figures, "FIGURES_DIR", tmp_path / "figures")
-    monkeypatch.setattr(make_figures, "CHECKPOINT", make_figures.CHECKPOINT)
-    monkeypatch.setattr(make_figures, "DEFAULT_RUN", None)
     yield make_figures
-    make_figures._load.cache_clear()
+    make_figures.trained_model.cache_clear()
+
+
+def test_main_hands_every_figure_the_checkpoints_it_is_given(figures, monkeypatch):
+    """No module state steers the figures: main() passes --checkpoint (the shipped model by
+    default) and --default-run to each figure it draws."""
+    given = []
+    monkeypatch.setitem(figures.FIGURES, "spy", lambda path, checkpoints: given.append(
+        checkpoints))
+    figures.main(["--only", "spy"])
+    figures.main(["--only", "spy", "--checkpoint", "mine.pt", "--default-run", "default.pt"])
+    assert figures.SHIPPED == ROOT / "lessons" / "toy_sam.pt"
+    assert given == [figures.Checkpoints(figures.SHIPPED, None),
+                     figures.Checkpoints(Path("mine.pt"), Path("default.pt"))]
 
 
 @pytest.mark.slow
@@ -59,13 +70,11 @@ def test_every_figure_of_a_trained_model_is_drawn_from_the_checkpoint_given(figu
         picture = plt.imread(tmp_path / "figures" / f"{name}.png")
         assert picture.ndim == 3 and min(picture.shape[:2]) > 60, name
     assert f"{checkpoint} (7 steps)" in capsys.readouterr().out  # loaded once, from there
-    assert figures.model_label() == "toy.pt, 7 training steps"  # what the titles print
+    assert figures.trained_model(checkpoint)[1] == "toy.pt, 7 training steps"  # the titles'
 
 
 @pytest.mark.slow
-def test_the_figures_default_to_the_shipped_checkpoint_and_say_clearly_when_it_is_missing(
-        figures, tmp_path):
-    assert figures.CHECKPOINT == figures.SHIPPED == ROOT / "lessons" / "toy_sam.pt"
+def test_the_figures_say_clearly_when_their_checkpoint_is_missing(figures, tmp_path):
     missing = tmp_path / "nowhere" / "toy_sam.pt"
     with pytest.raises(SystemExit) as err:
         figures.main(["--checkpoint", str(missing), "--only", "hero"])
