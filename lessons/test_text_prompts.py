@@ -13,6 +13,7 @@ import torch
 # the lesson scripts live one level below the package's two modules
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import minisam  # noqa: E402
 import text_prompts  # noqa: E402
 import train_toy  # noqa: E402
 
@@ -96,3 +97,49 @@ def test_lesson_table_is_the_json():
     assert len(rows) >= 10
     for key, value in rows:
         assert f"{metrics[key]:.3f}" == value, key
+
+
+def test_lesson_probe_table_is_the_json():
+    probes = json.loads(text_prompts.RESULTS.read_text())["linear_probes"]
+    lesson = (Path(text_prompts.__file__).parent / "12_text_prompts.md").read_text()
+    for name, probe in probes.items():
+        row = (f"| `{name}` | {probe['colour']['accuracy']:.3f} | {probe['colour']['commonest']:.3f} "
+               f"| {probe['noun']['accuracy']:.3f} | {probe['noun']['commonest']:.3f} |")
+        assert row in lesson, row
+
+
+@pytest.mark.slow
+def test_linear_probe_reads_what_the_embedding_holds():
+    """A patch's colour is linear in a random encoder's embedding (its patch embedding is a
+    linear map of the pixels), so the probe must read it well above always guessing."""
+    torch.manual_seed(0)
+    model = minisam.build_sam("toy").eval()
+    probe = text_prompts.linear_probe(model, 0, train_toy.TRAIN_SEEDS[:40], train_toy.EVAL_SEEDS[:8],
+                                      steps=200)
+    assert probe["accuracy"] > probe["commonest"] + 0.3
+
+
+def test_train_prompting_trains_token_and_decoder_only():
+    torch.manual_seed(0)
+    model = minisam.build_sam("toy")
+    images, masks, index, captions = text_prompts.captioned_images(train_toy.TRAIN_SEEDS[:4], 64)
+    with torch.no_grad():
+        embeddings = model.image_encoder(model.preprocess(images))
+    data = dict(embeddings=embeddings, images=images, masks=masks, index=index,
+                promptable=~text_prompts.shared_in_image(captions, index))
+    token, clip = text_prompts.PromptToken(text_prompts.CLIP_DIM, 64), text_prompts.ToyClip()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    token_before = token.projection.weight.clone()
+    curve = text_prompts.train_prompting(model, token, clip, data, steps=2,
+                                         generator=torch.Generator().manual_seed(0), text_rows=8,
+                                         replay_rows=4)
+    assert [c[0] for c in curve] == [0, 1] and all(math.isfinite(c[1]) for c in curve)
+    assert not torch.equal(token.projection.weight, token_before)
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("mask_decoder.") for k in moved), moved  # encoders frozen
+
+
+def test_shared_in_image_counts_within_each_image():
+    index = torch.tensor([0, 0, 1, 1, 1])
+    words = ["red ring", "red ring", "red ring", "blue ring", "blue star"]
+    assert text_prompts.shared_in_image(words, index).tolist() == [True, True, False, False, False]

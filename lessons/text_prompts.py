@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,12 @@ def captioned_images(seeds, image_size: int):
         index += [i] * len(m)
         captions += c
     return torch.stack(images), torch.cat(masks), torch.tensor(index), captions
+
+
+def shared_in_image(words, index: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: another mask of the same image (index (K,)) has the same words."""
+    count = Counter(zip(index.tolist(), words))
+    return torch.tensor([count[key] > 1 for key in zip(index.tolist(), words)])
 
 
 def mask_crops(images, masks, index, generator=None):
@@ -188,8 +195,12 @@ class PromptToken(nn.Module):
         self.type_embedding = nn.Parameter(torch.randn(embed_dim))  # as the points' N(0, 1)
 
     def forward(self, clip_emb: torch.Tensor) -> torch.Tensor:
-        """(N, clip_dim) -> (N, 1, embed_dim), one token per prompt row."""
-        return (self.projection(clip_emb) + self.type_embedding)[:, None]
+        """(N, clip_dim) unit vectors -> (N, 1, embed_dim), one token per prompt row. A unit
+        vector's entries are about 1 / sqrt(clip_dim); times sqrt(clip_dim) they are about 1,
+        as a click's Fourier features are, so that from the first step the projection is not
+        drowned by the type embedding (norm about sqrt(embed_dim))."""
+        scaled = clip_emb * clip_emb.shape[-1] ** 0.5
+        return (self.projection(scaled) + self.type_embedding)[:, None]
 
 
 def decode_with_token(model: minisam.Sam, token: PromptToken, embeddings, clip_emb,
@@ -231,8 +242,8 @@ def train_clip(clip: ToyClip, images, masks, index, captions, steps: int, batch:
 def prompted_loss(model, token, clip, embeddings, images, masks, index, generator, clicks: int):
     """D.5's interactive sequence for N masks: the crop's CLIP image embedding as the first
     prompt, then `clicks` corrective clicks, each with the previous logits fed back, as
-    train_toy's simulated annotator does. embeddings (B, C, g, g) of the images; returns the
-    loss averaged over the passes."""
+    train_toy's simulated annotator does. embeddings (B, C, g, g) and images (B, 3, S, S) of
+    the images that index (N,) points into; returns the loss averaged over the passes."""
     low = model.prompt_encoder.mask_input_size[0]
     scale = masks.shape[-1] / low
     targets = F.interpolate(masks[:, None].float(), (low, low), mode="area")[:, 0] > 0.5
@@ -254,19 +265,22 @@ def prompted_loss(model, token, clip, embeddings, images, masks, index, generato
     return total / (clicks + 1)
 
 
-def train_prompting(model, token, clip, data, steps: int, generator, lr: float = 1e-3,
-                    text_rows: int = 32, replay_rows: int = 16, replay_iterations: int = 3) -> list:
-    """Fine-tune the mask decoder and train the prompt token; the image encoder stays frozen
-    (its embeddings, `data["embeddings"]`, are computed once). Each step also replays
-    train_toy's click-and-box training on other masks, so those skills are practised, not
-    forgotten. Returns (step, prompted loss, replay loss) every 50 steps."""
+def train_prompting(model, token, clip, data, steps: int, generator, lr: float = 2e-3,
+                    text_rows: int = 128, replay_rows: int = 64, replay_iterations: int = 3) -> list:
+    """Train the prompt token and fine-tune the mask decoder on D.5's sequence. The image
+    encoder stays frozen (its embeddings, `data["embeddings"]` (M, C, g, g), are computed once)
+    and so does the prompt encoder, so points and boxes keep their meaning. Each step also
+    replays train_toy's click-and-box training on other masks, so those skills are practised,
+    not forgotten. data also holds images (M, 3, S, S), masks (K, S, S), index (K,) and
+    promptable (K,) bool: the masks whose caption is unique in their image and not held out.
+    Returns (step, prompted loss, replay loss) every 50 steps."""
     model.image_encoder.requires_grad_(False)
-    model.prompt_encoder.requires_grad_(False)  # points and boxes keep their meaning
-    trainable = nn.ModuleList([model.mask_decoder, token])
-    optimizer = make_optimizer(trainable, lr)
+    model.prompt_encoder.requires_grad_(False)
+    optimizer = make_optimizer(nn.ModuleList([model.mask_decoder, token]), lr)
     replay = InteractiveTraining(model, replay_iterations, no_click_passes=1)
-    embeddings, images, masks, index = (data[k] for k in ("embeddings", "images", "masks", "index"))
-    prompted = torch.tensor([c not in HELD_OUT_CAPTIONS for c in data["captions"]]).nonzero()[:, 0]
+    embeddings, images, masks, index, promptable = (
+        data[k] for k in ("embeddings", "images", "masks", "index", "promptable"))
+    prompted = promptable.nonzero()[:, 0]
     curve = []
     for step in range(steps):
         for group in optimizer.param_groups:
@@ -301,15 +315,12 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
     S = model.config.image_size
     images, masks, index, captions = captioned_images(seeds, S)
 
-    def shared(words):  # (K,) another mask of the same image has these words
-        return torch.tensor([sum(w == v for v, j in zip(words, index.tolist()) if j == i) > 1
-                             for w, i in zip(words, index.tolist())])
-
     colour, noun = [c.split()[0] for c in captions], [" ".join(c.split()[1:]) for c in captions]
     # the colour word alone, or the nouns alone, would name another mask too
-    both = shared(colour) & shared(noun)
-    unique = ~shared(captions)
-    masks, index, both = masks[unique], index[unique], both[unique]
+    both = shared_in_image(colour, index) & shared_in_image(noun, index)
+    noun_enough = ~shared_in_image(noun, index)  # no other mask of its image has its nouns
+    unique = ~shared_in_image(captions, index)
+    masks, index, both, noun_enough = masks[unique], index[unique], both[unique], noun_enough[unique]
     captions, colour, noun = ([x for x, u in zip(words, unique.tolist()) if u]
                               for words in (captions, colour, noun))
     embeddings = model.image_encoder(model.preprocess(images))[index]  # (N, C, g, g)
@@ -321,12 +332,14 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
         click, label = largest_error_click(first, masks)
         logits, _ = decode_with_token(model, token, embeddings, clip_emb, click[:, None],
                                       label[:, None], logits)
-        return mask_iou(first, masks), mask_iou(upsample(model, logits), masks), first, click
+        after = upsample(model, logits)
+        return mask_iou(first, masks), mask_iou(after, masks), dict(first=first, after_click=after,
+                                                                     click=click, click_label=label)
 
     text_emb = clip.embed_texts(captions)
     image_emb = clip.embed_images(mask_crops(images, masks, index))
     shuffle = torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))
-    text_alone, text_click, first, click = score(text_emb)
+    text_alone, text_click, drawn = score(text_emb)
     centred = F.normalize(text_emb - text_mean + image_mean, dim=-1)
     rows = {"text_alone": text_alone, "text_plus_click": text_click,
             "image_embedding": score(image_emb)[0], "shuffled": score(text_emb[shuffle])[0],
@@ -346,8 +359,10 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
     metrics = {k: v.mean().item() for k, v in rows.items()}
     metrics.update({"targets": len(masks), "images": len(seeds),
                     "both_words_needed_targets": int(both.sum()),
+                    "noun_enough_targets": int(noun_enough.sum()),
                     "held_out_targets": int(held.sum())})
-    for name, subset in (("both_words_needed", both), ("held_out", held)):
+    for name, subset in (("both_words_needed", both), ("noun_enough", noun_enough),
+                         ("held_out", held)):
         if subset.any():
             metrics[f"text_alone_{name}"] = text_alone[subset].mean().item()
             metrics[f"text_plus_click_{name}"] = text_click[subset].mean().item()
@@ -363,62 +378,97 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
             metrics[f"box_{name}"] = scores["box_miou"]
             metrics[f"one_click_choice_{name}"] = scores["one_click_miou"]
             metrics[f"one_click_oracle_{name}"] = scores["one_click_oracle_miou"]
-    pictures = dict(images=images, masks=masks, index=index, captions=captions, first=first,
-                    click=click, text_alone=text_alone, text_plus_click=text_click,
-                    image_emb=image_emb, text_emb=text_emb)
+    pictures = dict(images=images, masks=masks, index=index, captions=captions, **drawn,
+                    text_alone=text_alone, text_plus_click=text_click, image_emb=image_emb,
+                    text_emb=text_emb)
     return metrics, pictures
+
+
+@torch.no_grad()
+def patch_words(model, seeds, word: int):
+    """Each patch's image-embedding vector (P, C) and the `word`-th word (0: the colour, 1: the
+    object's noun) of the smallest mask covering most of the patch, as (P,) indices into
+    VOCABULARY; patches covered by no mask are left out."""
+    images, masks, index, captions = captioned_images(seeds, model.config.image_size)
+    embeddings = model.image_encoder(model.preprocess(images))  # (B, C, g, g)
+    g = embeddings.shape[-1]
+    covered = F.adaptive_avg_pool2d(masks[:, None].float(), g)[:, 0] > 0.5  # (K, g, g)
+    label = torch.full((len(images), g, g), -1)
+    for k in masks.flatten(1).sum(1).argsort(descending=True).tolist():  # the smallest last
+        label[index[k]][covered[k]] = VOCABULARY.index(captions[k].split()[word])
+    keep = label.flatten() >= 0
+    return embeddings.permute(0, 2, 3, 1).flatten(0, 2)[keep], label.flatten()[keep]
+
+
+def probed_encoders(shipped: minisam.Sam):
+    """The encoders whose embeddings the lesson probes: random weights (the start of training
+    from scratch, seed 0), lesson 13's MAE encoder, and the shipped toy SAM's (the one the text
+    prompt reads)."""
+    torch.manual_seed(0)
+    random = minisam.build_sam("toy").eval()
+    mae = minisam.build_sam("toy").eval()
+    mae.image_encoder.load_state_dict(torch.load(HERE / "mae_encoder.pt", weights_only=True))
+    return (("random", random), ("mae", mae), ("shipped", shipped))
+
+
+def linear_probe(model, word: int, train_seeds=TRAIN_SEEDS[:300], test_seeds=EVAL_SEEDS[:32],
+                 steps: int = 500) -> dict:
+    """What the image embedding says about a patch's colour (word 0) or noun (word 1): a linear
+    classifier fitted on `train_seeds`, its accuracy on `test_seeds` beside always guessing the
+    commonest word there."""
+    x, y = patch_words(model, train_seeds, word)
+    x_test, y_test = patch_words(model, test_seeds, word)
+    torch.manual_seed(0)
+    probe = nn.Linear(x.shape[1], len(VOCABULARY))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(probe(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = (probe(x_test).argmax(1) == y_test).float().mean().item()
+    return {"accuracy": accuracy, "commonest": (y_test == y_test.mode().values).float().mean().item()}
 
 
 # -----------------------------------------------------------------------------
 # 6. Pictures
 
 
-def grey(image):
-    """(3, S, S) 0..255 -> (S, S, 3) 0..1 in grey: every colour the overlays use is free."""
-    return (image.mean(0) / 255 * 0.8)[..., None].expand(-1, -1, 3).numpy()
-
-
 def draw_examples(pictures: dict, path: Path) -> None:
-    """The paper's figure 12, measured: caption -> truth and prediction; hits, misses, and a
-    miss that one click fixes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The paper's figure 12, measured: caption -> mask, with hits, a miss, and misses that one
+    click fixes. Drawn by train_toy's rules: under the colour image, the grey one with the
+    truth outlined white and the prediction filled blue."""
+    plt = train_toy.pyplot()
     iou, fixed = pictures["text_alone"], pictures["text_plus_click"]
-    hits = (iou >= 0.9).nonzero()[:, 0][:3].tolist()
+    hits = iou.argsort(descending=True)[:3].tolist()
     misses = ((iou < 0.5) & (fixed < 0.5)).nonzero()[:, 0][:1].tolist()
     repaired = ((iou < 0.5) & (fixed >= 0.85)).nonzero()[:, 0][:2].tolist()
-    chosen = [(k, "hit") for k in hits] + [(k, "miss") for k in misses] + \
+    chosen = [(k, "best") for k in hits] + [(k, "miss") for k in misses] + \
              [(k, "miss, then 1 click") for k in repaired]
-    fig, axes = plt.subplots(3, len(chosen), figsize=(2.1 * len(chosen), 6.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(chosen), figsize=(2.1 * len(chosen), 4.6), squeeze=False)
     for col, (k, kind) in enumerate(chosen):
-        image = pictures["images"][pictures["index"][k]]
-        axes[0, col].imshow(image.permute(1, 2, 0).numpy().astype(np.uint8))
+        image = pictures["images"][pictures["index"][k]].permute(1, 2, 0).numpy().astype(np.uint8)
+        train_toy.show(axes[0, col], image, colour=True)
         axes[0, col].set_title(f'"{pictures["captions"][k]}"\n{kind}', fontsize=8)
-        for row, (mask, label) in enumerate(((pictures["masks"][k], "truth"),
-                                             (pictures["first"][k], f"text: IoU {iou[k]:.2f}")), 1):
-            shown = grey(image).copy()
-            shown[mask.numpy()] = (1.0, 0.45, 0.0) if row == 1 else (0.1, 0.8, 1.0)
-            axes[row, col].imshow(shown)
-            axes[row, col].set_title(label, fontsize=8)
-        if kind.endswith("click"):
+        train_toy.show(axes[1, col], image)
+        clicked = kind.endswith("click")
+        train_toy.fill(axes[1, col], (pictures["after_click"] if clicked else pictures["first"])[k].numpy())
+        train_toy.outline(axes[1, col], pictures["masks"][k].numpy())
+        title = f"text: IoU {iou[k]:.2f}"
+        if clicked:
             x, y = pictures["click"][k].tolist()
-            axes[2, col].plot(x, y, "*", color="lime", markersize=12, markeredgecolor="black")
-            axes[2, col].set_title(f"text {iou[k]:.2f}; + click (*) {fixed[k]:.2f}", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle("Caption -> mask (rows: image, truth in orange, text-only prediction in blue)",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            label = int(pictures["click_label"][k])
+            axes[1, col].plot(x, y, markersize=10, **train_toy.CLICKS[label])
+            title += f"\n+ click: {fixed[k]:.2f}"
+        axes[1, col].set_title(title, fontsize=8)
+    fig.suptitle("Caption -> mask: the truth outlined white, the prediction filled blue", fontsize=9)
+    train_toy.save_figure(fig, path)
 
 
 def draw_modality_gap(pictures: dict, path: Path) -> None:
     """Both clouds of embeddings projected on their two principal axes, matched pairs joined."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = train_toy.pyplot()
     image_emb, text_emb = pictures["image_emb"], pictures["text_emb"]
     both = torch.cat([image_emb, text_emb])
     _, _, v = torch.pca_lowrank(both, q=2, center=True)
@@ -433,18 +483,22 @@ def draw_modality_gap(pictures: dict, path: Path) -> None:
         ax.scatter(*cloud.mean(0), s=120, marker="X", color=colour, edgecolor="black")
     ax.set_title("The modality gap: two clouds, means marked X", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    train_toy.save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------
 # The command
 
 
+def save(model, token, clip, image_mean, text_mean, path: Path = WEIGHTS) -> None:
+    """The text run's mask decoder (the encoders are the shipped model's), the prompt token,
+    the toy CLIP and the two clouds' means (for the centring row)."""
+    torch.save({"mask_decoder": model.mask_decoder.state_dict(), "token": token.state_dict(),
+                "clip": clip.state_dict(), "image_mean": image_mean, "text_mean": text_mean}, path)
+
+
 def load(path: Path = WEIGHTS):
-    """The shipped toy SAM with the text run's decoder, the prompt token, the toy CLIP, and
-    the two clouds' means (for the centring row)."""
+    """What `save` wrote, on the shipped toy SAM: (model, token, clip, image_mean, text_mean)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
     model.mask_decoder.load_state_dict(state["mask_decoder"])
@@ -460,10 +514,11 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs=2, metavar=("A", "B"),
                    default=(EVAL_SEEDS[0], EVAL_SEEDS[-1] + 1), help="evaluate seeds A..B-1")
     p.add_argument("--out", type=Path, default=None,
-                   help="--eval-only: write OUT/metrics.json (default: print only)")
+                   help="--eval-only: write OUT/metrics.json (default: print only); training: "
+                        "write the weights, JSON and figures to OUT, not over the shipped ones")
     p.add_argument("--train-images", type=int, default=600)
     p.add_argument("--clip-steps", type=int, default=600)
-    p.add_argument("--sam-steps", type=int, default=150)
+    p.add_argument("--sam-steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.seeds[1] <= args.seeds[0]:
@@ -509,13 +564,15 @@ def main(argv=None):
 
     token = PromptToken(CLIP_DIM, model.config.prompt_embed_dim)
     model.train()
-    data = dict(embeddings=embeddings, images=images, masks=masks, index=index, captions=captions)
+    data = dict(embeddings=embeddings, images=images, masks=masks, index=index,
+                promptable=seen & ~shared_in_image(captions, index))
     sam_curve = train_prompting(model, token, clip, data, args.sam_steps, generator)
     train_minutes = (time.time() - start) / 60
     cpu_minutes = (time.process_time() - cpu_start) / 60
     print(f"prompting: {train_minutes:.1f} min in all, {cpu_minutes:.1f} min of CPU")
-    torch.save({"mask_decoder": model.mask_decoder.state_dict(), "token": token.state_dict(),
-                "clip": clip.state_dict(), "image_mean": image_mean, "text_mean": text_mean}, WEIGHTS)
+    weights = WEIGHTS if args.out is None else args.out / WEIGHTS.name
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save(model, token, clip, image_mean, text_mean, weights)
 
     record = {"command": " ".join(["python", "lessons/text_prompts.py", *(argv or sys.argv[1:])]),
               "train_minutes": train_minutes, "clip_minutes": clip_minutes,
@@ -523,19 +580,23 @@ def main(argv=None):
               "threads": torch.get_num_threads(), "cores": os.cpu_count(),
               "held_out_captions": list(HELD_OUT_CAPTIONS), "clip_curve": clip_curve,
               "sam_curve": sam_curve}
-    return write_results(model, token.eval(), clip, image_mean, text_mean, seeds, record)
+    return write_results(*load(weights), seeds, record, weights.parent)
 
 
-def write_results(model, token, clip, image_mean, text_mean, seeds, record: dict) -> dict:
+def write_results(model, token, clip, image_mean, text_mean, seeds, record: dict, out: Path) -> dict:
     """Evaluate on `seeds` and on the first 4 held-out images (what the test re-scores), draw
-    the figures, and write RESULTS: `record` (how the weights were trained) with the metrics."""
+    the figures, and write the JSON (`record`, how the weights were trained, with the metrics):
+    into lessons/ and lessons/figures/ for the shipped weights, else into `out`."""
+    figures, results = (FIGURES, RESULTS) if out == HERE else (out, out / RESULTS.name)
     shipped = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
     metrics, pictures = evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped)
     first, _ = evaluate_text(model, token, clip, EVAL_SEEDS[:4], image_mean, text_mean, shipped)
-    FIGURES.mkdir(exist_ok=True)
-    draw_examples(pictures, FIGURES / "text_prompts.png")
-    draw_modality_gap(pictures, FIGURES / "modality_gap.png")
-    RESULTS.write_text(json.dumps({**record, "metrics": metrics, "metrics_first_4_images": first},
+    record["linear_probes"] = {name: {"colour": linear_probe(sam, 0), "noun": linear_probe(sam, 1)}
+                               for name, sam in probed_encoders(shipped)}
+    figures.mkdir(exist_ok=True)
+    draw_examples(pictures, figures / "text_prompts.png")
+    draw_modality_gap(pictures, figures / "modality_gap.png")
+    results.write_text(json.dumps({**record, "metrics": metrics, "metrics_first_4_images": first},
                                   indent=1) + "\n")
     print(json.dumps(metrics, indent=1))
     return metrics
