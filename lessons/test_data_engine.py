@@ -75,31 +75,40 @@ def test_data_engine_quick_run_writes_the_promised_json_and_figures(tmp_path):
         results["stage3"]["masks_per_image"] * budget.stage3_images)
 
 
-def test_lesson_8_quotes_the_shipped_data_engine_run():
-    """Lesson 8's default column is lessons/figures/data_engine/data_engine.json, the run
-    that drew its figures: the two cannot drift apart."""
-    run = json.loads((ROOT / "lessons/figures/data_engine/data_engine.json").read_text())
-    lesson = (ROOT / "lessons" / "08_data_engine.md").read_text()
-    budget = dataclasses.asdict(data_engine.Budget())
-    assert run["brush"] and run["budget"] == budget  # the default command's run
+def quoted(run: dict) -> list:
+    """The cells of lesson 8's table for one data_engine.json, row by row."""
     rounds, stage2, final = run["stage1"]["rounds"], run["stage2"], run["final"]
 
     def per_round(key, form, last=None):
         return ", ".join(form.format(r[key]) for r in rounds) + (
             "" if last is None else "; " + form.format(last))
 
-    quoted = [per_round("miou", "{:.3f}", stage2["after_retraining"]["miou"]),
-              per_round("accepted_fraction", "{:.0%}"),
-              per_round("clicks_per_mask", "{:.0f}", stage2["clicks_per_mask"]),
-              per_round("brush_pixels_per_mask", "{:.0f}", stage2["brush_pixels_per_mask"]),
-              f"{run['stage1']['masks_per_image']:.2f}; {stage2['masks_per_image']:.2f} "
-              f"({stage2['prefilled_fraction']:.0%})",
-              f"{run['stage3']['masks_per_image']:.1f}, {run['stage3']['precision']:.2f}, "
-              f"{run['stage3']['recall']:.2f}",
-              f"{final['miou_engine']:.3f} / {final['miou_ground_truth']:.3f} "
-              f"({final['ratio']:.1%})"]
-    for text in quoted:
-        assert f"| {text} |" in lesson, text
+    brushed = (per_round("brush_pixels_per_mask", "{:.0f}", stage2["brush_pixels_per_mask"])
+               if run["brush"] else "none")
+    return [per_round("miou", "{:.3f}", stage2["after_retraining"]["miou"]),
+            per_round("accepted_fraction", "{:.0%}"),
+            per_round("clicks_per_mask", "{:.0f}", stage2["clicks_per_mask"]),
+            brushed,
+            f"{run['stage1']['masks_per_image']:.2f}; {stage2['masks_per_image']:.2f} "
+            f"({stage2['prefilled_fraction']:.0%})",
+            f"{run['stage3']['masks_per_image']:.1f}, {run['stage3']['precision']:.2f}, "
+            f"{run['stage3']['recall']:.2f}",
+            f"{final['miou_engine']:.3f} / {final['miou_ground_truth']:.3f} "
+            f"({final['ratio']:.1%})"]
+
+
+def test_lesson_8_quotes_the_shipped_data_engine_runs():
+    """Lesson 8's two columns are lessons/figures/data_engine/data_engine.json, the run that
+    drew its figures, and give_up.json beside it: the lesson and the runs cannot drift apart."""
+    folder = ROOT / "lessons/figures/data_engine"
+    run = json.loads((folder / "data_engine.json").read_text())
+    give_up = json.loads((folder / "give_up.json").read_text())
+    lesson = (ROOT / "lessons" / "08_data_engine.md").read_text()
+    budget = dataclasses.asdict(data_engine.Budget())
+    assert run["brush"] and run["budget"] == budget  # the default command's run
+    assert not give_up["brush"] and give_up["budget"] == budget  # the same with --give-up
+    for paper, without_brush in zip(quoted(run), quoted(give_up)):
+        assert f"| {paper} | {without_brush} |" in lesson, (paper, without_brush)
 
 
 @pytest.mark.slow
