@@ -14,7 +14,8 @@ because CLIP put matching images and texts near each other. Here, on the toy wor
   3. the shipped toy SAM taught the crop embedding as one extra sparse prompt token
      (`PromptToken`), first in the interactive sequence and followed by corrective clicks,
      while it keeps practising clicks and boxes (`train_prompting`);
-  4. evaluation with the caption's *text* embedding in its place (`evaluate_text`).
+  4. evaluation with the caption's *text* embedding in its place (`evaluate_text`), and
+     linear probes of what the image embedding knows of colour and noun (`linear_probe`).
 The lesson is lessons/12_text_prompts.md.
 """
 
