@@ -164,3 +164,10 @@ def test_the_lesson_quotes_the_json():
         assert re.findall(r"\d\.\d\d\d", line) == [f"{final[k]:.3f}" for k in (
             "box_miou", "one_click_oracle_miou", "one_click_miou", "five_clicks_miou",
             "iou_head_pearson_r")], line
+        for point in run["learning_curve"]:  # the curve's rows the lesson quotes, to 2 places
+            curve_row = f"{row} {point['step']} |"
+            lines = [l for l in lesson.splitlines() if l.startswith(curve_row)]
+            for l in lines:
+                assert l == (f"{curve_row} {point['box_miou']:.2f} | "
+                             f"{point['one_click_oracle_miou']:.2f} | | | | "
+                             f"{point['minutes']:.1f} |"), l
