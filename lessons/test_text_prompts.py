@@ -99,6 +99,22 @@ def test_lesson_table_is_the_json():
         assert f"{metrics[key]:.3f}" == value, key
 
 
+def test_lesson_prose_quotes_the_json():
+    record = json.loads(text_prompts.RESULTS.read_text())
+    m = record["metrics"]
+    lesson = (Path(text_prompts.__file__).parent / "12_text_prompts.md").read_text()
+    lesson = " ".join(lesson.split())  # the prose's line breaks fall anywhere
+    for text in (f"falls from {record['clip_curve'][0][1]:.2f} to {record['clip_curve'][-1][1]:.2f}",
+                 f"{record['train_minutes']:.1f} minutes on two threads",
+                 f"Text alone reaches {m['text_alone']:.3f}, {m['text_alone'] / m['shuffled']:.1f}x",
+                 f"text + 1 click {m['text_plus_click']:.3f}, "
+                 f"{m['text_plus_click'] - m['click_alone_choice']:.3f} above",
+                 f"boxes lost {m['box_before'] - m['box_after']:.3f}",
+                 f"means lie {m['gap_between_means']:.3f} apart",
+                 f"cosine is {m['matched_cosine']:.3f}"):
+        assert text in lesson, text
+
+
 def test_lesson_probe_table_is_the_json():
     probes = json.loads(text_prompts.RESULTS.read_text())["linear_probes"]
     lesson = (Path(text_prompts.__file__).parent / "12_text_prompts.md").read_text()
