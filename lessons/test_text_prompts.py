@@ -130,8 +130,8 @@ def test_linear_probe_reads_what_the_embedding_holds():
     linear map of the pixels), so the probe must read it well above always guessing."""
     torch.manual_seed(0)
     model = minisam.build_sam("toy").eval()
-    probe = text_prompts.linear_probe(model, 0, train_toy.TRAIN_SEEDS[:40], train_toy.EVAL_SEEDS[:8],
-                                      steps=200)
+    probe = text_prompts.linear_probe(model, train_toy.TRAIN_SEEDS[:40], train_toy.EVAL_SEEDS[:8],
+                                      steps=200)["colour"]
     assert probe["accuracy"] > probe["commonest"] + 0.3
 
 
@@ -159,3 +159,13 @@ def test_shared_in_image_counts_within_each_image():
     index = torch.tensor([0, 0, 1, 1, 1])
     words = ["red ring", "red ring", "red ring", "blue ring", "blue star"]
     assert text_prompts.shared_in_image(words, index).tolist() == [True, True, False, False, False]
+
+
+@pytest.mark.slow
+def test_the_shipped_models_probe_is_what_the_json_says():
+    recorded = json.loads(text_prompts.RESULTS.read_text())["linear_probes"]["shipped"]
+    model = minisam.build_sam("toy", checkpoint=text_prompts.TOY_CHECKPOINT).eval()
+    measured = text_prompts.linear_probe(model)
+    for word in ("colour", "noun"):
+        for key in ("accuracy", "commonest"):
+            assert measured[word][key] == pytest.approx(recorded[word][key], abs=1e-4), (word, key)

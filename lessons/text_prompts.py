@@ -386,19 +386,20 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
 
 
 @torch.no_grad()
-def patch_words(model, seeds, word: int):
-    """Each patch's image-embedding vector (P, C) and the `word`-th word (0: the colour, 1: the
-    object's noun) of the smallest mask covering most of the patch, as (P,) indices into
-    VOCABULARY; patches covered by no mask are left out."""
+def patch_words(model, seeds):
+    """Each patch's image-embedding vector (P, C) and, as (P,) indices into VOCABULARY, the
+    colour word and the object's noun (P, 2) of the smallest mask covering most of the patch;
+    patches covered by no mask are left out."""
     images, masks, index, captions = captioned_images(seeds, model.config.image_size)
     embeddings = model.image_encoder(model.preprocess(images))  # (B, C, g, g)
     g = embeddings.shape[-1]
     covered = F.adaptive_avg_pool2d(masks[:, None].float(), g)[:, 0] > 0.5  # (K, g, g)
-    label = torch.full((len(images), g, g), -1)
+    label = torch.full((len(images), g, g, 2), -1)
     for k in masks.flatten(1).sum(1).argsort(descending=True).tolist():  # the smallest last
-        label[index[k]][covered[k]] = VOCABULARY.index(captions[k].split()[word])
-    keep = label.flatten() >= 0
-    return embeddings.permute(0, 2, 3, 1).flatten(0, 2)[keep], label.flatten()[keep]
+        label[index[k]][covered[k]] = torch.tensor([VOCABULARY.index(w)
+                                                    for w in captions[k].split()[:2]])
+    keep = label[..., 0].flatten() >= 0
+    return embeddings.permute(0, 2, 3, 1).flatten(0, 2)[keep], label.flatten(0, 2)[keep]
 
 
 def probed_encoders(shipped: minisam.Sam):
@@ -412,24 +413,28 @@ def probed_encoders(shipped: minisam.Sam):
     return (("random", random), ("mae", mae), ("shipped", shipped))
 
 
-def linear_probe(model, word: int, train_seeds=TRAIN_SEEDS[:300], test_seeds=EVAL_SEEDS[:32],
+def linear_probe(model, train_seeds=TRAIN_SEEDS[:300], test_seeds=EVAL_SEEDS[:32],
                  steps: int = 500) -> dict:
-    """What the image embedding says about a patch's colour (word 0) or noun (word 1): a linear
+    """What the image embedding says about a patch's colour and its noun: for each, a linear
     classifier fitted on `train_seeds`, its accuracy on `test_seeds` beside always guessing the
-    commonest word there."""
-    x, y = patch_words(model, train_seeds, word)
-    x_test, y_test = patch_words(model, test_seeds, word)
-    torch.manual_seed(0)
-    probe = nn.Linear(x.shape[1], len(VOCABULARY))
-    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = F.cross_entropy(probe(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        accuracy = (probe(x_test).argmax(1) == y_test).float().mean().item()
-    return {"accuracy": accuracy, "commonest": (y_test == y_test.mode().values).float().mean().item()}
+    commonest word there. The embeddings are computed once for both."""
+    x, words = patch_words(model, train_seeds)
+    x_test, words_test = patch_words(model, test_seeds)
+    probes = {}
+    for name, y, y_test in zip(("colour", "noun"), words.T, words_test.T):
+        torch.manual_seed(0)
+        probe = nn.Linear(x.shape[1], len(VOCABULARY))
+        optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+        for _ in range(steps):
+            loss = F.cross_entropy(probe(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            accuracy = (probe(x_test).argmax(1) == y_test).float().mean().item()
+        probes[name] = {"accuracy": accuracy,
+                        "commonest": (y_test == y_test.mode().values).float().mean().item()}
+    return probes
 
 
 # -----------------------------------------------------------------------------
@@ -592,8 +597,7 @@ def write_results(model, token, clip, image_mean, text_mean, seeds, record: dict
     shipped = minisam.build_sam("toy", checkpoint=TOY_CHECKPOINT)
     metrics, pictures = evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped)
     first, _ = evaluate_text(model, token, clip, EVAL_SEEDS[:4], image_mean, text_mean, shipped)
-    record["linear_probes"] = {name: {"colour": linear_probe(sam, 0), "noun": linear_probe(sam, 1)}
-                               for name, sam in probed_encoders(shipped)}
+    record["linear_probes"] = {name: linear_probe(sam) for name, sam in probed_encoders(shipped)}
     figures.mkdir(exist_ok=True)
     draw_examples(pictures, figures / "text_prompts.png")
     draw_modality_gap(pictures, figures / "modality_gap.png")
