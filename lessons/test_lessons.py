@@ -174,6 +174,39 @@ def test_lesson_8_prose_quotes_the_data_engine_json():
 
 
 # -----------------------------------------------------------------------------
+# Lesson 10: lessons/figures/finetuning/*.json, each the metrics.json finetune.py wrote
+
+
+def finetuned(name: str) -> dict:
+    return json.loads((ROOT / "lessons" / "figures" / "finetuning" / f"{name}.json").read_text())
+
+
+def test_lesson_10_table_and_exercise_quote_the_finetuning_jsons():
+    doc = lesson("10")
+    rows = (("drawings", "drawings"), ("sticks", "sticks"), ("giants", "giants"),
+            ("drawings_frozen", "drawings, `--freeze-encoder`"))
+    for name, label in rows:
+        run = finetuned(name)
+        before, after = run["before"], run["after"]
+        assert run["steps"] == 300 and run["train_encoder"] == (name != "drawings_frozen")
+        quoted(doc, f"| {label} | {before['box_miou']:.3f} | {after['box_miou']:.3f} "
+                    f"(+{after['box_miou'] - before['box_miou']:.3f}) | "
+                    f"{before['iou_head_pearson_r']:.3f} -> {after['iou_head_pearson_r']:.3f} | "
+                    f"{run['minutes']:.1f} |")
+    runs = [finetuned(name) for name in ("sticks_100", "sticks", "sticks_600")]
+    assert [r["steps"] for r in runs] == [100, 300, 600]
+    box = [f"{r['after']['box_miou']:.3f}" for r in runs]
+    r = [f"{run['after']['iou_head_pearson_r']:.3f}" for run in runs]
+    quoted(doc, f"box mIoU {box[0]} after 100 steps, {box[1]} after 300 (the table), {box[2]} "
+                f"after 600", f"r goes {r[0]}, {r[1]}, {r[2]}, from "
+                f"{runs[0]['before']['iou_head_pearson_r']:.3f} before")
+    specialists = json.loads((ROOT / "lessons" / "figures" / "zero_shot" / "specialists.json")
+                             .read_text())["worlds"]
+    quoted(doc, "reach " + ", ".join(f"{specialists[w]['box']:.3f}" for w in ("drawings", "sticks"))
+           + f" and {specialists['giants']['box']:.3f} on its held-out images")
+
+
+# -----------------------------------------------------------------------------
 # Numbers the code computes: parameter counts
 
 
