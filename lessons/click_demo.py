@@ -11,6 +11,8 @@ In the window:
     left click   a foreground point (green plus)   right click   a background point (red cross)
     drag         a box (yellow)                    a             the automatic masks
     n            the next toy image                escape        clear the prompts
+    t            type a caption ("blue snowman"), enter to prompt with it (the toy model only:
+                 lesson 12's text prompts; clicks after it correct it, a box drops it)
 
 The image is shown in grey and a mask in blue, as in every figure (train_toy.py, "4. Pictures").
 
@@ -211,13 +213,15 @@ class ClickDemo:
     predictor: a SamPredictor; image: uint8 (H, W, 3); truth: (K, H, W) bool valid masks, to
     print each mask's true IoU, or None; automatic: a SamAutomaticMaskGenerator for the key
     `a`, or None; next_sample: a function returning the next (image, truth) for the key `n`,
-    or None. The first panel shows the prompts and the best mask, the other three each mask.
+    or None; captions: a text_prompts.CaptionPredictor for the key `t`, or None. The first
+    panel shows the prompts and the best mask, the other three each mask.
     `timings` holds the seconds of the last encoder run, decoder run and drawing."""
 
     def __init__(self, predictor: minisam.SamPredictor, image: np.ndarray, fig: Figure,
-                 truth: np.ndarray = None, automatic=None, next_sample=None):
+                 truth: np.ndarray = None, automatic=None, next_sample=None, captions=None):
         self.predictor, self.fig = predictor, fig
-        self.automatic, self.next_sample = automatic, next_sample
+        self.automatic, self.next_sample, self.captions = automatic, next_sample, captions
+        self.typing = None  # the caption being typed, or None
         self.axes = list(fig.subplots(1, 4))
         fig.subplots_adjust(left=0.01, right=0.99, bottom=0.13, top=0.8, wspace=0.04)
         # the encoder's time changes once per image, the click's on every frame
@@ -225,7 +229,8 @@ class ClickDemo:
         self.status = fig.text(0.99, 0.97, "", ha="right", va="top", fontsize=10, animated=True)
         keys = ["left click: foreground point (green plus)", "right click: background point "
                 "(red cross)", "drag: box", "a: automatic masks" if automatic else None,
-                "n: next image" if next_sample else None, "escape: clear"]
+                "n: next image" if next_sample else None,
+                "t: type a caption" if captions else None, "escape: clear"]
         fig.text(0.5, 0.02, "   |   ".join(k for k in keys if k), ha="center", fontsize=9)
         for name, handler in (("draw_event", self.on_draw),
                               ("button_press_event", self.on_press),
@@ -255,6 +260,7 @@ class ClickDemo:
 
     def clear(self) -> None:
         self.points, self.labels, self.box = [], [], None  # (x, y) pixels, 1 or 0, x0 y0 x1 y1
+        self.caption = None  # the caption prompting the masks, or None
         self.masks = self.ious = self.low_res = None  # the decoder's last answer
         self.records = None  # the automatic masks, while they are shown
         self.redraw()
@@ -268,18 +274,36 @@ class ClickDemo:
 
     def set_box(self, box) -> None:
         self.box = box
+        self.caption = None  # the text model learnt clicks after a caption, not boxes
         self.predict()
+
+    def set_caption(self, caption: str) -> None:
+        """Prompt with a caption alone; clicks after it correct its mask."""
+        self.points, self.labels, self.box, self.low_res = [], [], None, None
+        self.caption = caption
+        try:
+            self.predict()
+        except ValueError as e:  # a word the toy CLIP does not know
+            print(f"click_demo.py: {e}")
+            self.clear()
+            self.status.set_text(str(e).split(";")[0])
+            self.draw()
 
     def predict(self) -> None:
         """One round of the prompt encoder and decoder on the stored image embedding."""
-        ambiguous = self.box is None and len(self.points) == 1
+        ambiguous = self.box is None and len(self.points) == 1 and self.caption is None
+        points = np.array(self.points) if self.points else None
+        labels = np.array(self.labels) if self.points else None
+        mask_input = None if self.low_res is None else self.low_res[None]
         start = time.perf_counter()
-        self.masks, self.ious, low_res = self.predictor.predict(
-            point_coords=np.array(self.points) if self.points else None,
-            point_labels=np.array(self.labels) if self.points else None,
-            box=None if self.box is None else np.array(self.box),
-            mask_input=None if self.low_res is None else self.low_res[None],
-            multimask_output=ambiguous)
+        if self.caption is not None:  # the caption says which mask: one answer
+            self.masks, self.ious, low_res = self.captions.predict(
+                self.predictor, self.caption, points, labels, mask_input)
+        else:
+            self.masks, self.ious, low_res = self.predictor.predict(
+                point_coords=points, point_labels=labels,
+                box=None if self.box is None else np.array(self.box),
+                mask_input=mask_input, multimask_output=ambiguous)
         self.timings["decoder"] = time.perf_counter() - start
         self.low_res = low_res[self.ious.argmax()]  # the best mask refines the next prompt
         self.records = None
@@ -334,7 +358,8 @@ class ClickDemo:
                 panel.note.set_fontweight("bold" if k == best else "normal")
             # the prompt encoder's share of "decoder" is tiny; this frame's drawing is not
             # over yet, so the last frame's is shown
-            self.status.set_text(f"click: decoder {t['decoder'] * 1000:.1f} ms, drawing "
+            said = "" if self.caption is None else f'"{self.caption}" + clicks: '
+            self.status.set_text(f"{said}decoder {t['decoder'] * 1000:.1f} ms, drawing "
                                  f"{t['drawing'] * 1000:.0f} ms (last frame)")
         for k, (panel, masks) in enumerate(zip(self.panels, shown)):
             panel.show_masks(masks, colours if self.records is not None and k == 0 else None)
@@ -416,12 +441,41 @@ class ClickDemo:
             self.add_point(x, y, label)
 
     def on_key(self, event) -> None:
-        if event.key == "a" and self.automatic is not None:
+        if self.typing is not None:
+            self.type_key(event.key)
+        elif event.key == "t" and self.captions is not None:
+            self.typing = ""
+            self.show_typing()
+        elif event.key == "a" and self.automatic is not None:
             self.show_automatic()
         elif event.key == "n" and self.next_sample is not None:
             self.set_image(*self.next_sample())
         elif event.key == "escape":
             self.clear()
+
+
+    def type_key(self, key: str) -> None:
+        """While a caption is typed: a letter or space adds to it, backspace takes one back,
+        enter prompts with it, escape gives it up."""
+        if key == "enter":
+            caption, self.typing = self.typing.strip(), None
+            if caption:
+                self.set_caption(caption)
+            else:
+                self.redraw()
+        elif key == "escape":
+            self.typing = None
+            self.redraw()
+        elif key == "backspace":
+            self.typing = self.typing[:-1]
+            self.show_typing()
+        elif key == " " or (len(key) == 1 and key.isalpha()):
+            self.typing += key.lower()
+            self.show_typing()
+
+    def show_typing(self) -> None:
+        self.status.set_text(f"caption: {self.typing}_   (enter: prompt with it, escape: cancel)")
+        self.draw()
 
 
 def send_click(demo: ClickDemo, x: float, y: float, button=MouseButton.LEFT, to=None) -> None:
@@ -437,6 +491,7 @@ def send_click(demo: ClickDemo, x: float, y: float, button=MouseButton.LEFT, to=
 
 
 def send_key(demo: ClickDemo, key: str) -> None:
+    """A key press, as matplotlib names keys ("a", " ", "enter", "escape", "backspace")."""
     canvas = demo.fig.canvas
     canvas.callbacks.process("key_press_event", KeyEvent("key_press_event", canvas, key))
 
@@ -524,7 +579,12 @@ def main(argv=None) -> None:
         model, **(TOY_AMG_SETTINGS if args.config == "toy" else {}))
     print(f"{args.config} ({checkpoint or 'random weights'}), image {image.shape[1]}x"
           f"{image.shape[0]}: running the image encoder")
-    demo = ClickDemo(minisam.SamPredictor(model), image, fig, truth, automatic, next_sample)
+    captions = None
+    if args.config == "toy" and args.checkpoint is None:  # the encoder the text weights read
+        from text_prompts import CaptionPredictor
+        captions = CaptionPredictor()
+    demo = ClickDemo(minisam.SamPredictor(model), image, fig, truth, automatic, next_sample,
+                     captions)
     if args.benchmark:
         t = benchmark(demo)
         print(f"image encoder {t['encoder'] * 1000:.0f} ms (once per image); a click's round "

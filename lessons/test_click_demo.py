@@ -305,3 +305,59 @@ def test_click_demo_benchmark_times_the_round_trip_around_the_decoder(click_demo
     # one click's round trip encloses its decoder run and its drawing (no speed is asserted)
     assert t["round_trip"] >= t["decoder"] + t["drawing"] > 0 and t["encoder"] > 0
     assert demo.masks.shape[0] == 3  # every benchmarked click starts from cleared prompts
+
+
+def type_caption(click_demo, demo, keys: str) -> None:
+    click_demo.send_key(demo, "t")
+    for key in keys:
+        click_demo.send_key(demo, key)
+
+
+def test_click_demo_caption_key_prompts_the_text_model_and_clicks_correct_it(click_demo):
+    """Typed text reaches lesson 12's model as text_prompts' own batch code gives it."""
+    import text_prompts
+
+    captions = text_prompts.CaptionPredictor()
+    model = minisam.build_sam("toy", checkpoint=text_prompts.TOY_CHECKPOINT).eval()
+    images, masks, _, words = text_prompts.captioned_images(train_toy.EVAL_SEEDS[:1], 64)
+    caption = next(c for c in words if words.count(c) == 1)
+    image = images[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    demo = click_demo.ClickDemo(minisam.SamPredictor(model), image, click_demo.headless_figure(),
+                                captions=captions)
+    type_caption(click_demo, demo, caption.upper()[:-1] + "x")
+    click_demo.send_key(demo, "backspace")
+    click_demo.send_key(demo, caption[-1])
+    assert demo.caption is None and demo.typing == caption  # "n", "a", "t" are letters here
+    click_demo.send_key(demo, "enter")
+    assert demo.caption == caption and demo.typing is None and demo.masks.shape == (1, 64, 64)
+    assert demo.status.get_text().startswith(f'"{caption}"')
+
+    text_model, token, clip = captions.model, captions.token, captions.clip
+    with torch.no_grad():
+        embedding = text_model.image_encoder(text_model.preprocess(images))
+        logits, _ = text_prompts.decode_with_token(text_model, token, embedding,
+                                                   clip.embed_texts([caption]))
+        assert np.array_equal(demo.masks, text_prompts.upsample(text_model, logits).numpy())
+        click_demo.send_click(demo, 30.0, 12.0, button=click_demo.MouseButton.RIGHT)
+        assert demo.caption == caption and demo.masks.shape == (1, 64, 64)
+        clicked, _ = text_prompts.decode_with_token(
+            text_model, token, embedding, clip.embed_texts([caption]),
+            torch.tensor([[demo.points[0]]]), torch.tensor([[0]]), logits)
+    assert np.array_equal(demo.masks, text_prompts.upsample(text_model, clicked).numpy())
+
+    click_demo.send_click(demo, 10.0, 10.0, to=(40.0, 40.0))  # a box drops the caption
+    assert demo.caption is None and demo.masks.shape == (1, 64, 64)
+    type_caption(click_demo, demo, "purple house")
+    click_demo.send_key(demo, "enter")
+    assert demo.caption is None and demo.masks is None
+    assert "no 'purple'" in demo.status.get_text()
+
+
+def test_click_demo_escape_gives_up_a_caption_and_no_key_t_without_text_weights(click_demo):
+    demo = toy_demo(click_demo)
+    click_demo.send_key(demo, "t")
+    assert demo.typing is None  # no CaptionPredictor given: t is not a key of this demo
+    demo.captions = object()  # never called: the caption is given up before enter
+    type_caption(click_demo, demo, "red")
+    click_demo.send_key(demo, "escape")
+    assert demo.typing is None and demo.caption is None and demo.masks is None

@@ -116,10 +116,14 @@ def word_ids(captions):
     """Captions -> (N, L) word indices into VOCABULARY, padded with -1 (L: the most words)."""
     if isinstance(captions, str):
         raise TypeError("captions must be a list of strings, not one string")
-    ids = [[VOCABULARY.index(w) for w in c.split()] for c in captions]
-    for c, words in zip(captions, ids):
-        if not words:
+    for c in captions:
+        if not c.split():
             raise ValueError(f"captions holds an empty caption: {c!r}")
+        unknown = [w for w in c.split() if w not in VOCABULARY]
+        if unknown:
+            raise ValueError(f"caption {c!r}: the toy CLIP knows no {unknown[0]!r}; its words are "
+                             + " ".join(VOCABULARY))
+    ids = [[VOCABULARY.index(w) for w in c.split()] for c in captions]
     longest = max(map(len, ids))
     return torch.tensor([w + [-1] * (longest - len(w)) for w in ids])
 
@@ -216,6 +220,38 @@ def decode_with_token(model: minisam.Sam, token: PromptToken, embeddings, clip_e
     sparse = torch.cat([token(clip_emb), sparse.expand(N, -1, -1)], dim=1)
     return model.mask_decoder(embeddings, model.prompt_encoder.get_dense_pe(), sparse,
                               dense.expand(N, -1, -1, -1), multimask_output=False)
+
+
+class CaptionPredictor:
+    """A caption, and clicks after it, on the image a SamPredictor has embedded, with the
+    shipped text weights (the click demo's key `t`). Their encoder is the shipped toy SAM's,
+    frozen in training, so a predictor of that model holds the embedding they read."""
+
+    def __init__(self, path: Path = WEIGHTS):
+        self.model, self.token, self.clip, _, _ = load(path)
+
+    @torch.no_grad()
+    def predict(self, predictor: minisam.SamPredictor, caption: str, point_coords=None,
+                point_labels=None, mask_input=None):
+        """caption: words of VOCABULARY; the rest as SamPredictor.predict takes them. Returns
+        one mask (1, H, W) bool, its predicted IoU (1,) and low-res logits (1, h, w), numpy."""
+        if predictor.model.config != self.model.config:
+            raise ValueError("predictor must hold the toy model whose encoder the text weights "
+                             "read (lessons/toy_sam.pt)")
+        embedding = predictor.get_image_embedding()  # (1, C, g, g); says if no image is set
+        coords, labels, _, mask = minisam._checked_prompts(
+            point_coords, point_labels, None, mask_input, predictor.original_size,
+            self.model.prompt_encoder.mask_input_size)
+        if coords is not None:
+            coords = torch.as_tensor(predictor.transform.apply_coords(coords, predictor.original_size),
+                                     dtype=torch.float)[None]
+            labels = torch.as_tensor(labels, dtype=torch.long)[None]
+        if mask is not None:
+            mask = torch.as_tensor(mask, dtype=torch.float)[None]
+        logits, iou = decode_with_token(self.model, self.token, embedding,
+                                        self.clip.embed_texts([caption]), coords, labels, mask)
+        masks = self.model.postprocess_masks(logits, predictor.input_size, predictor.original_size)
+        return (masks[0] > self.model.mask_threshold).numpy(), iou[0].numpy(), logits[0].numpy()
 
 
 # -----------------------------------------------------------------------------
