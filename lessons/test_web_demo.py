@@ -7,7 +7,9 @@ node_modules (npm ci). On a machine without them it is skipped, saying what is m
 (the CI variable set) it fails instead, so that it can never silently not run there.
 """
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from train_toy import EVAL_SEEDS, interior_point, make_sample  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 TOLERANCE = 1e-4  # on logits and IoUs; the binary masks must be identical
+NON_SQUARE = (48, 80)  # height, width of the image whose axes are scaled apart
 
 
 def needed(what: str) -> None:
@@ -94,7 +97,7 @@ def test_resized_size_is_resize_longest_side():
                     h, w, side), (h, w, side)
 
 
-@pytest.mark.parametrize("height, width", [(64, 64), (48, 80)])
+@pytest.mark.parametrize("height, width", [(64, 64), NON_SQUARE])
 def test_exported_decoder_answers_as_the_predictor(sam, tmp_path, height, width):
     """ONNX Runtime on the exported toy decoder against SamPredictor: 1, 2 and 3 clicks, a box
     alone, a box with a click, a click refined by a mask prompt; square and non-square."""
@@ -137,7 +140,7 @@ def test_the_page_segments_as_the_predictor(tmp_path):
         needed("lessons/web/node_modules ((cd lessons/web && npm ci))")
 
     from PIL import Image
-    H, W = 48, 80
+    H, W = NON_SQUARE
     image = toy_image(H, W)
     Image.fromarray(image).save(tmp_path / "toy.png")
     server = subprocess.Popen(
@@ -220,3 +223,106 @@ def test_export_refuses_what_it_cannot_export(sam, tmp_path):
         web_demo.export_decoder(sam.mask_decoder, tmp_path / "decoder.onnx")
     with pytest.raises(ValueError, match="no folder"):
         web_demo.export_decoder(sam, tmp_path / "missing" / "decoder.onnx")
+
+
+# -----------------------------------------------------------------------------
+# Lesson 14's numbers: recomputed here, read from the code, or quoted from where they were measured
+
+LESSON = " ".join((ROOT / "lessons" / "14_web_demo.md").read_text().split())
+
+
+WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+
+
+def quoted(*phrases: str) -> None:
+    missing = [p for p in phrases if p not in LESSON]
+    assert not missing, "not quoted as the code says:\n" + "\n".join(missing)
+
+
+def table_row(path: Path, first_cell: str) -> list:
+    """The cells after `first_cell` of a markdown table row in `path`."""
+    (line,) = [l for l in path.read_text().splitlines() if l.startswith(f"| {first_cell} |")]
+    return [cell.strip() for cell in line.split("|")[2:-1]]
+
+
+@pytest.mark.slow
+def test_lesson_14_decoder_file_sizes(sam, tmp_path):
+    """decoder.onnx as export_decoder writes it, and after --quantize, for the shipped toy
+    model and ViT-B's shapes (random weights: the size depends on shapes only)."""
+    pytest.importorskip("onnxruntime")
+    sizes = {}
+    for name, model in (("toy", sam), ("vit_b", minisam.build_sam("vit_b"))):
+        path = web_demo.export_decoder(model, tmp_path / f"{name}.onnx")
+        full = path.stat().st_size / 2**20
+        web_demo.quantize(path)
+        sizes[name] = full, path.stat().st_size / 2**20
+    (toy, toy_int8), (vit_b, vit_b_int8) = sizes["toy"], sizes["vit_b"]
+    quoted(f"| decoder.onnx, float32, sent once | {toy:.2f} MiB | {vit_b:.1f} MiB |",
+           f"| decoder.onnx, int8 weights (`--quantize`) | {toy_int8:.2f} MiB | "
+           f"{vit_b_int8:.1f} MiB |",
+           f"Int8 weights shrink ViT-B's file {vit_b / vit_b_int8:.1f} times")
+
+
+def test_lesson_14_sizes_versions_and_quoted_timings():
+    """Embedding sizes from the configs, the pinned ONNX Runtime Web and its thread count,
+    the timings quoted from lesson 6 and the README, and the prose read off the table."""
+    cells = []
+    for name in ("toy", "vit_b"):
+        cfg = minisam.CONFIGS[name]
+        C, g = cfg.prompt_embed_dim, cfg.image_embedding_size
+        size = C * g * g * 4  # float32
+        cells.append(f"{C} x {g} x {g}: " + (f"{size // 2**10} KiB" if size < 2**20
+                                                else f"{size // 2**20} MiB"))
+    quoted(f"| image embedding (float32), sent once per image | {cells[0]} | {cells[1]} |")
+    lesson_6 = ROOT / "lessons" / "06_predictor_and_real_time.md"
+    toy_encoder = table_row(lesson_6, "toy checkpoint, 64x64")[0]
+    vit_b_encoder = table_row(lesson_6, "ViT-B, random weights, 1024x1024")[0]
+    readme = table_row(ROOT / "README.md",
+                       "`SamPredictor.predict` per click after `set_image`, toy")
+    quoted(f"| encoder, {toy_encoder} (lesson 6) | encoder, {vit_b_encoder} (lesson 6) |",
+           f'`predict` in torch: {readme[0]} (README, "Speed")')
+    lock = json.loads((web_demo.WEB / "package-lock.json").read_text())
+    threads = re.search(r"ort\.env\.wasm\.numThreads = (\d+);",
+                        (web_demo.WEB / "demo.js").read_text()).group(1)
+    version = lock["packages"]["node_modules/onnxruntime-web"]["version"]
+    quoted(f"ONNX Runtime Web {version} on {WORDS[int(threads)]} WebAssembly thread")
+    toy, vit_b = table_row(ROOT / "lessons" / "14_web_demo.md", "toy"), table_row(
+        ROOT / "lessons" / "14_web_demo.md", "ViT-B")
+    ms = lambda cell: float(cell.split(" ms")[0])  # noqa: E731 (the median, before its range)
+    in_python = re.search(r"ONNX Runtime in Python, 1 thread: (\d+) ms", vit_b[2]).group(1)
+    g = minisam.CONFIGS["vit_b"].image_embedding_size
+    quoted(f"The toy decoder answers in {ms(toy[0]):.0f} ms",
+           f"ViT-B's decoder takes about {round(ms(vit_b[0]), -1):.0f} ms, "
+           f"{WORDS[round(ms(vit_b[0]) / 50)]} times the paper's ~50 ms",
+           f"The same ONNX file runs in {in_python} ms in native ONNX Runtime",
+           f"save only {1 - ms(vit_b[1]) / ms(vit_b[0]):.0%} of its time",
+           f"({g * g} image tokens through attention")
+
+
+def test_lesson_14_exercise_1_one_scale_for_both_axes(sam):
+    """The non-square image of the browser test clicked where that test clicks, with the page's
+    per-axis scales and with one scale for both: how far the click moves, and the IoU."""
+    H, W = NON_SQUARE
+    side = sam.image_encoder.img_size
+    h, w = minisam.ResizeLongestSide.get_preprocess_shape(H, W, side)
+    scale = side / max(H, W)
+    predictor = minisam.SamPredictor(sam)
+    predictor.set_image(toy_image(H, W))
+    truths = F.interpolate(torch.from_numpy(make_sample(EVAL_SEEDS[3])[1])[None].float(),
+                           (H, W))[0] > 0.5
+    click = interior_point(truths[truths.sum((1, 2)).argmin()][None])[0].numpy()
+
+    def best_iou(coords):
+        with torch.no_grad():
+            ious = predictor.predict_torch(torch.tensor(coords, dtype=torch.float)[None, None],
+                                           torch.ones(1, 1, dtype=torch.int))[1]
+        return ious.max().item()
+
+    difference = abs(best_iou(click * [w / W, h / H]) - best_iou(click * scale))
+    assert np.allclose(click * [w / W, h / H],
+                       predictor.transform.apply_coords(click[None], (H, W))[0])
+    quoted(f"on the {H} x {W} image the page's IoU differs from Python's by about "
+           f"{difference:.0e}".replace("e-0", "e-"),
+           f"({H} x {scale:g} = {H * scale:g} becomes {h})",
+           f"scaled by {h}/{H} = {h / H:.3f} vertically and {w / W:g} horizontally",
+           f"up to {H * scale - h:.1f} pixel of the model's frame")
