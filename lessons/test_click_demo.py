@@ -329,15 +329,18 @@ def test_click_demo_caption_key_prompts_the_text_model_and_clicks_correct_it(cli
     click_demo.send_key(demo, caption[-1])
     assert demo.caption is None and demo.typing == caption  # "n", "a", "t" are letters here
     click_demo.send_key(demo, "enter")
-    assert demo.caption == caption and demo.typing is None and demo.masks.shape == (1, 64, 64)
+    assert demo.caption == caption and demo.typing is None
+    assert demo.masks.shape == (3, 64, 64)  # a caption alone is ambiguous: three masks
     assert demo.status.get_text().startswith(f'"{caption}"')
 
     text_model, token, clip = captions.model, captions.token, captions.clip
     with torch.no_grad():
         embedding = text_model.image_encoder(text_model.preprocess(images))
-        logits, _ = text_prompts.decode_with_token(text_model, token, embedding,
-                                                   clip.embed_texts([caption]))
-        assert np.array_equal(demo.masks, text_prompts.upsample(text_model, logits).numpy())
+        three, iou = text_prompts.decode_with_token(text_model, token, embedding,
+                                                    clip.embed_texts([caption]))
+        for k in range(3):
+            assert np.array_equal(demo.masks[k], text_prompts.upsample(text_model, three[:, [k]])[0])
+        logits = text_prompts.head_choice(three, iou)
         click_demo.send_click(demo, 30.0, 12.0, button=click_demo.MouseButton.RIGHT)
         assert demo.caption == caption and demo.masks.shape == (1, 64, 64)
         clicked, _ = text_prompts.decode_with_token(

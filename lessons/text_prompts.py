@@ -211,15 +211,23 @@ class PromptToken(nn.Module):
 def decode_with_token(model: minisam.Sam, token: PromptToken, embeddings, clip_emb,
                       points=None, labels=None, mask_prompt=None):
     """One decoder call for N rows, each prompted with its CLIP embedding (N, CLIP_DIM) first,
-    then any clicks (N, P, 2) and the previous low-res logits (N, 1, 4g, 4g). One mask per row:
-    the caption says which level is meant. Returns low-res logits (N, 1, 4g, 4g) and the IoU
-    predictions (N, 1)."""
+    then any clicks (N, P, 2) and the previous low-res logits (N, 1, 4g, 4g). The embedding
+    alone is one prompt, and as ambiguous as one click (the decoder cannot tell which of two
+    snowmen is the blue one, lesson below): three masks, as for a click (section 3, "Resolving
+    ambiguity"); with clicks after it, one. Returns low-res logits (N, M, 4g, 4g) and the IoU
+    predictions (N, M), M = 3 or 1."""
     N = len(clip_emb)
     sparse, dense = model.prompt_encoder(points=None if points is None else (points, labels),
                                          boxes=None, masks=mask_prompt)
     sparse = torch.cat([token(clip_emb), sparse.expand(N, -1, -1)], dim=1)
     return model.mask_decoder(embeddings, model.prompt_encoder.get_dense_pe(), sparse,
-                              dense.expand(N, -1, -1, -1), multimask_output=False)
+                              dense.expand(N, -1, -1, -1), multimask_output=points is None)
+
+
+def head_choice(logits: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
+    """(N, M, h, w) logits and (N, M) predicted IoUs -> (N, 1, h, w): the output the IoU head
+    rates highest, which is what the next click corrects and feeds back as the mask prompt."""
+    return logits[torch.arange(len(logits)), iou.argmax(1)][:, None]
 
 
 class CaptionPredictor:
@@ -234,7 +242,8 @@ class CaptionPredictor:
     def predict(self, predictor: minisam.SamPredictor, caption: str, point_coords=None,
                 point_labels=None, mask_input=None):
         """caption: words of VOCABULARY; the rest as SamPredictor.predict takes them. Returns
-        one mask (1, H, W) bool, its predicted IoU (1,) and low-res logits (1, h, w), numpy."""
+        masks (M, H, W) bool, their predicted IoUs (M,) and low-res logits (M, h, w), numpy:
+        M = 3 for the caption alone, 1 with clicks."""
         if predictor.model.config != self.model.config:
             raise ValueError("predictor must hold the toy model whose encoder the text weights "
                              "read (lessons/toy_sam.pt)")
@@ -296,9 +305,9 @@ def prompted_loss(model, token, clip, embeddings, images, masks, index, generato
             labels = label[:, None] if labels is None else torch.cat([labels, label[:, None]], 1)
         logits, iou = decode_with_token(model, token, embeddings[index], clip_emb, points, labels,
                                         mask_prompt)
-        loss, _ = sam_loss(logits, iou, targets)
+        loss, _ = sam_loss(logits, iou, targets)  # the first pass: the best of three learns
         total = total + loss
-        mask_prompt = logits.detach()
+        mask_prompt = head_choice(logits, iou).detach()
     return total / (clicks + 1)
 
 
@@ -363,22 +372,26 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
     embeddings = model.image_encoder(model.preprocess(images))[index]  # (N, C, g, g)
 
     def score(clip_emb):
-        """IoU of the caption alone, then after one click at the largest error's interior."""
-        logits, _ = decode_with_token(model, token, embeddings, clip_emb)
+        """IoUs of the caption alone (the head's choice of three, and the best of them), then
+        after one click at the largest error's interior."""
+        three, iou = decode_with_token(model, token, embeddings, clip_emb)
+        logits = head_choice(three, iou)
         first = upsample(model, logits)
+        oracle = torch.stack([mask_iou(upsample(model, three[:, [k]]), masks)
+                              for k in range(three.shape[1])], 1).amax(1)
         click, label = largest_error_click(first, masks)
         logits, _ = decode_with_token(model, token, embeddings, clip_emb, click[:, None],
                                       label[:, None], logits)
         after = upsample(model, logits)
-        return mask_iou(first, masks), mask_iou(after, masks), dict(first=first, after_click=after,
-                                                                     click=click, click_label=label)
+        return (mask_iou(first, masks), oracle, mask_iou(after, masks),
+                dict(first=first, after_click=after, click=click, click_label=label))
 
     text_emb = clip.embed_texts(captions)
     image_emb = clip.embed_images(mask_crops(images, masks, index))
     shuffle = torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))
-    text_alone, text_click, drawn = score(text_emb)
+    text_alone, text_oracle, text_click, drawn = score(text_emb)
     centred = F.normalize(text_emb - text_mean + image_mean, dim=-1)
-    rows = {"text_alone": text_alone, "text_plus_click": text_click,
+    rows = {"text_alone": text_alone, "text_alone_oracle": text_oracle, "text_plus_click": text_click,
             "image_embedding": score(image_emb)[0], "shuffled": score(text_emb[shuffle])[0],
             "colour_alone": score(clip.embed_texts(colour))[0],
             "noun_alone": score(clip.embed_texts(noun))[0],
@@ -558,9 +571,9 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=None,
                    help="--eval-only: write OUT/metrics.json (default: print only); training: "
                         "write the weights, JSON and figures to OUT, not over the shipped ones")
-    p.add_argument("--train-images", type=int, default=600)
+    p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--clip-steps", type=int, default=600)
-    p.add_argument("--sam-steps", type=int, default=1000)
+    p.add_argument("--sam-steps", type=int, default=800)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.seeds[1] <= args.seeds[0]:
