@@ -4,6 +4,7 @@ what this machine can do at all.
 
     python bench.py            # full table, a few minutes on a 2-core CPU
     python bench.py --quick    # fewer repeats, about a minute
+    python bench.py --json lessons/bench.json   # and write the table (the README's Speed rows)
 
 Each row runs minisam and the reference (`segment-anything`, from requirements-test.txt) on
 the same random weights and inputs, alternating between them, and reports the median of the
@@ -12,6 +13,7 @@ repeats after a warm-up. Without the reference installed the ratio column stays 
 
 import argparse
 import importlib
+import json
 import platform
 import resource
 import statistics
@@ -22,8 +24,7 @@ import numpy as np
 import torch
 
 from minisam import CONFIGS, Sam, SamAutomaticMaskGenerator, SamPredictor
-from train_toy import EVAL_SEEDS, InteractiveTraining, make_sample, training_batch
-from train_toy import parse_args as parse_training_args
+from train_toy import EVAL_SEEDS, InteractiveTraining, TrainSettings, make_sample, training_batch
 
 
 def reference_twin(model: Sam, segment_anything):
@@ -100,6 +101,7 @@ def encoder_flops(cfg) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file")
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
     try:  # the reference, from requirements-test.txt
@@ -115,8 +117,11 @@ def main():
         print(f"{what:<46} {ours:>10.4g} {'' if ref is None else f'{ref:10.4g}':>10} "
               f"{ratio:>6} {unit}", flush=True)
 
-    print(f"minisam bench, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    machine = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "quick": args.quick}
+    print(f"minisam bench, {machine['date']}, {machine['machine']}, {machine['threads']} "
+          f"threads, torch {machine['torch']}")
     print(f"{'row':<46} {'minisam':>10} {'reference':>10} {'ratio':>6} unit")
     peak32, peak16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     row("matmul 1024^3 fp32", peak32, unit="GFLOP/s")
@@ -128,14 +133,14 @@ def main():
         print("  (no fast bf16 matmul on this CPU: the bf16 rows are skipped)")
 
     # toy training throughput: the default step of `python train_toy.py`
-    flags = parse_training_args([])
+    settings = TrainSettings()
     model = Sam(CONFIGS["toy"])
-    trainer = InteractiveTraining(model, flags.iters, flags.no_click_passes)
+    trainer = InteractiveTraining(model, settings.iters, settings.no_click_passes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step(step=[0]):
         images, targets, index, generator = training_batch(
-            step[0], 0, 0, flags.images_per_step, flags.targets_per_image, 64)
+            step[0], 0, 0, settings.images_per_step, settings.targets_per_image, 64)
         loss, _ = trainer(images, targets, index, generator)
         optimizer.zero_grad()
         loss.backward()
@@ -143,10 +148,11 @@ def main():
         step[0] += 1
 
     t = median_times({"step": train_step}, 3 if args.quick else 10)["step"]
-    per_step = f"{flags.images_per_step} x {flags.targets_per_image} targets x {flags.iters} passes"
-    row(f"toy training, images/s ({per_step})", flags.images_per_step / t, unit="images/s")
-    row("toy training, decoder passes/s",
-        flags.images_per_step * flags.targets_per_image * flags.iters / t, unit="passes/s")
+    s = settings
+    per_step = f"{s.images_per_step} x {s.targets_per_image} targets x {s.iters} passes"
+    row(f"toy training, images/s ({per_step})", s.images_per_step / t, unit="images/s")
+    row("toy training, decoder passes/s", s.images_per_step * s.targets_per_image * s.iters / t,
+        unit="passes/s")
     # measured first, so that the process's peak memory is the training's
     row("toy training, peak resident memory", resource.getrusage(resource.RUSAGE_SELF)
         .ru_maxrss / 2**20, unit="GiB")
@@ -223,6 +229,12 @@ def main():
             toy_ref, pred_iou_thresh=0, stability_score_thresh=0).generate(toy_image)
     t = median_times(fns, 1 if args.quick else 3)
     row("automatic masks, toy model, 32x32 grid", t["ours"], t.get("ref"))
+    if args.json:
+        table = [dict(row=what, minisam=ours, reference=ref, unit=unit)
+                 for what, ours, ref, unit in rows]
+        with open(args.json, "w") as f:
+            json.dump({**machine, "rows": table}, f, indent=1)
+            f.write("\n")
 
 
 if __name__ == "__main__":

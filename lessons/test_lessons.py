@@ -241,6 +241,35 @@ def test_lessons_1_and_9_parameter_counts_are_the_models():
 
 
 # -----------------------------------------------------------------------------
+# The README's Speed table: lessons/bench.json, written by `python bench.py --json`
+
+
+def test_readme_speed_table_is_the_bench_json():
+    bench = json.loads((ROOT / "lessons" / "bench.json").read_text())
+    rows = {r["row"]: r for r in bench["rows"]}
+    seconds, ms = (lambda t: f"{t:.2f} s"), (lambda t: f"{t * 1000:.1f} ms")
+    readme = text("README.md")
+    quoted(readme, f"an idle 2-core x86-64 CPU, {bench['threads']} threads, torch "
+                   f"{bench['torch'].split('+')[0]}")
+    assert bench["machine"] == "x86_64" and not bench["quick"]
+    for label, row, unit in (
+            ("ViT-B image encoder, 1024 px, fp32", "ViT-B encoder 1024px fp32", seconds),
+            ("one click, prompt encoder + decoder, ViT-B",
+             "one click, prompt encoder + decoder (ViT-B)", ms),
+            ("`SamPredictor.predict` per click after `set_image`, ViT-B",
+             "SamPredictor.predict per click (ViT-B, 1024x768 image)", ms),
+            ("`SamPredictor.predict` per click after `set_image`, toy",
+             "SamPredictor.predict per click (toy, 1024x768 image)", ms),
+            ("automatic masks, toy model, 32x32 grid", "automatic masks, toy model, 32x32 grid",
+             seconds)):
+        ours, reference = rows[row]["minisam"], rows[row]["reference"]
+        quoted(readme, f"| {label} | {unit(ours)} | {unit(reference)} | {ours / reference:.2f} |")
+    (training,) = [r for name, r in rows.items() if name.startswith("toy training, images/s")]
+    quoted(readme, f"| toy training, the default step at 64 px | {training['minisam']:.1f} images/s |")
+    quoted(text("experiments.md"), f"`python bench.py` measures {training['minisam']:.1f} today")
+
+
+# -----------------------------------------------------------------------------
 # Measured once, quoted twice: the copies must agree
 
 
