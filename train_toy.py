@@ -1632,7 +1632,8 @@ def main(argv=None):
     if rank == 0:
         model = at_size(model.to(device), config.image_size)
         metrics = final_metrics(model, history)
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        # the runs' commands, commit and threads say how the numbers were made
+        (args.out / "metrics.json").write_text(json.dumps({**metrics, "runs": runs}, indent=2))
         draw_pictures(model, metrics, history, args.out)
         print(f"wrote {ckpt_path}, {args.out / 'metrics.json'} and figures in {args.out}/")
         if args.save_model:
