@@ -70,6 +70,26 @@ def test_readme_results_row_is_the_shipped_json():
     assert TOY["runs"][-1]["command"].split("--steps ")[1].split()[0] == str(m["steps"])
 
 
+def test_readme_default_run_rows_are_their_metrics_jsons():
+    """`python train_toy.py` at seeds 0 and 1, each the only job on the machine: the README's
+    two rows (the metrics.json each command wrote) and lesson 13's minutes."""
+    readme = text("README.md")
+    for seed, label in ((0, "`python train_toy.py` (your run, seed 0)"),
+                        (1, "`python train_toy.py --seed 1`")):
+        m = json.loads((ROOT / "lessons" / "figures" / "default_run" / f"seed_{seed}.json")
+                       .read_text())
+        (run,) = m["runs"]
+        assert run["command"].split(" --out ")[0] == label.strip("`").split(" (")[0].strip("`")
+        assert run["threads"] == 2 and not run["code_changed_since_commit"]
+        assert m["steps"] == train_toy.TrainSettings().steps
+        quoted(readme, f"| {label} | {m['box_miou']:.3f} | {m['one_click_oracle_miou']:.3f} | "
+                       f"{m['one_click_miou']:.3f} | {m['miou_by_clicks'][4]:.3f} | "
+                       f"{m['iou_head_pearson_r']:.3f} | {m['train_minutes']:.1f} (2 threads, idle) |")
+        if seed == 0:
+            quoted(lesson("13"), f"the default run takes {m['train_minutes']:.1f} minutes on two "
+                                 "threads of an idle machine")
+
+
 def test_readme_automatic_mask_sentence_is_the_shipped_json():
     ref = AMG["with_reference_thresholds"]
     settings = AMG["settings"]
