@@ -1544,7 +1544,9 @@ def test_save_model_writes_a_loadable_model_and_the_json_of_its_claims(tmp_path,
     assert saved["history"] == [h for h in trained["history"] if "box_miou" in h] != []
     record = json.loads((tmp_path / "shipped" / "toy.json").read_text())
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert record["metrics"] == {k: v for k, v in metrics.items() if k != "learning_curve"}
+    assert record["metrics"] == {k: v for k, v in metrics.items()
+                                 if k not in ("learning_curve", "runs")}
+    assert metrics["runs"] == record["runs"]  # metrics.json says how it was made, too
     run, = record["runs"]
     assert run["command"].startswith("python train_toy.py --out ") and run["from_step"] == 0
     assert run["threads"] == torch.get_num_threads()
