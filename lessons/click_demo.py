@@ -296,7 +296,7 @@ class ClickDemo:
         labels = np.array(self.labels) if self.points else None
         mask_input = None if self.low_res is None else self.low_res[None]
         start = time.perf_counter()
-        if self.caption is not None:  # the caption says which mask: one answer
+        if self.caption is not None:  # lesson 12's model: three masks for the caption alone
             self.masks, self.ious, low_res = self.captions.predict(
                 self.predictor, self.caption, points, labels, mask_input)
         else:
@@ -452,7 +452,6 @@ class ClickDemo:
             self.set_image(*self.next_sample())
         elif event.key == "escape":
             self.clear()
-
 
     def type_key(self, key: str) -> None:
         """While a caption is typed: a letter or space adds to it, backspace takes one back,

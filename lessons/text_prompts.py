@@ -181,7 +181,8 @@ def info_nce(image_emb: torch.Tensor, text_emb: torch.Tensor, captions, logit_sc
     positive = code[:, None] == code[None]  # (N, N), symmetric
     loss = 0.0
     for scores in (logits, logits.T):  # image -> text, then text -> image
-        loss = loss + (scores.logsumexp(1) - scores.masked_fill(~positive, -math.inf).logsumexp(1)).mean()
+        own = scores.masked_fill(~positive, -math.inf).logsumexp(1)  # the mass on the positives
+        loss = loss + (scores.logsumexp(1) - own).mean()
     return loss / 2
 
 
@@ -252,8 +253,8 @@ class CaptionPredictor:
             point_coords, point_labels, None, mask_input, predictor.original_size,
             self.model.prompt_encoder.mask_input_size)
         if coords is not None:
-            coords = torch.as_tensor(predictor.transform.apply_coords(coords, predictor.original_size),
-                                     dtype=torch.float)[None]
+            coords = predictor.transform.apply_coords(coords, predictor.original_size)
+            coords = torch.as_tensor(coords, dtype=torch.float)[None]
             labels = torch.as_tensor(labels, dtype=torch.long)[None]
         if mask is not None:
             mask = torch.as_tensor(mask, dtype=torch.float)[None]
@@ -366,7 +367,8 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
     both = shared_in_image(colour, index) & shared_in_image(noun, index)
     noun_enough = ~shared_in_image(noun, index)  # no other mask of its image has its nouns
     unique = ~shared_in_image(captions, index)
-    masks, index, both, noun_enough = masks[unique], index[unique], both[unique], noun_enough[unique]
+    masks, index = masks[unique], index[unique]
+    both, noun_enough = both[unique], noun_enough[unique]
     captions, colour, noun = ([x for x, u in zip(words, unique.tolist()) if u]
                               for words in (captions, colour, noun))
     embeddings = model.image_encoder(model.preprocess(images))[index]  # (N, C, g, g)
@@ -391,7 +393,8 @@ def evaluate_text(model, token, clip, seeds, image_mean, text_mean, shipped=None
     shuffle = torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))
     text_alone, text_oracle, text_click, drawn = score(text_emb)
     centred = F.normalize(text_emb - text_mean + image_mean, dim=-1)
-    rows = {"text_alone": text_alone, "text_alone_oracle": text_oracle, "text_plus_click": text_click,
+    rows = {"text_alone": text_alone, "text_alone_oracle": text_oracle,
+            "text_plus_click": text_click,
             "image_embedding": score(image_emb)[0], "shuffled": score(text_emb[shuffle])[0],
             "colour_alone": score(clip.embed_texts(colour))[0],
             "noun_alone": score(clip.embed_texts(noun))[0],
@@ -508,7 +511,8 @@ def draw_examples(pictures: dict, path: Path) -> None:
         axes[0, col].set_title(f'"{pictures["captions"][k]}"\n{kind}', fontsize=8)
         train_toy.show(axes[1, col], image)
         clicked = kind.endswith("click")
-        train_toy.fill(axes[1, col], (pictures["after_click"] if clicked else pictures["first"])[k].numpy())
+        shown = pictures["after_click" if clicked else "first"][k]
+        train_toy.fill(axes[1, col], shown.numpy())
         train_toy.outline(axes[1, col], pictures["masks"][k].numpy())
         title = f"text: IoU {iou[k]:.2f}"
         if clicked:
