@@ -108,8 +108,12 @@ class OnnxDecoder(nn.Module):
         masked = encoder(points=None, boxes=None, masks=mask_input)[1]
         unmasked = encoder(points=None, boxes=None, masks=None)[1]
         dense = has_mask_input * masked + (1 - has_mask_input) * unmasked
+        # the dense positional encoding made in the graph from the (2, C/2) Gaussian matrix,
+        # not read from the prompt encoder's cached buffer: the exporter would fold the buffer
+        # into one (1, g*g, C) constant per attention that reads it (ViT-B: three of 4 MiB)
+        image_pe = encoder.pe_layer.dense(encoder.image_embedding_size)[None]  # (1, C, g, g)
         masks, iou_predictions = self.sam.mask_decoder.predict_masks(
-            image_embeddings, encoder.get_dense_pe(), sparse, dense)  # (1, M+1, 4g, 4g), (1, M+1)
+            image_embeddings, image_pe, sparse, dense)  # (1, M+1, 4g, 4g), (1, M+1)
         choice = choose_output(iou_predictions, point_labels)
         low_res_masks = masks.index_select(1, choice)  # (1, 1, 4g, 4g)
         upscaled = self.sam.postprocess_masks(
