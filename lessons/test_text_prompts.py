@@ -160,10 +160,23 @@ def test_lesson_prose_quotes_the_json():
                  f"name the mask it reaches only {m['text_alone_noun_enough']:.3f}",
                  f"the crop's own embedding, {m['image_embedding']:.3f}",
                  f"(`text_centred`: {m['text_centred']:.3f})",
+                 f"the nouns alone name the mask ({m['noun_enough_targets']})",
+                 f"where both words are needed ({m['both_words_needed_targets']})",
+                 f"held-out compositions ({m['held_out_targets']})",
+                 f"the {m['images']} held-out images whose caption is unique in its image: "
+                 f"{m['targets']} masks",
                  f"means lie {m['gap_between_means']:.3f} apart",
                  f"cosine is {m['matched_cosine']:.3f}",
                  f"(unmatched: {m['unmatched_cosine']:.3f})"):
         assert text in lesson, text
+
+
+def test_lesson_states_the_commands_defaults():
+    args = text_prompts.parse_args([])
+    lesson = " ".join((Path(text_prompts.__file__).parent / "12_text_prompts.md").read_text().split())
+    assert (f"`python lessons/text_prompts.py` ({args.train_images} images, {args.clip_steps} "
+            f"toy-CLIP steps, {args.sam_steps} prompting steps") in lesson
+    assert json.loads(text_prompts.RESULTS.read_text())["command"] == "python lessons/text_prompts.py"
 
 
 def test_lesson_probe_table_is_the_json():
