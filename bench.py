@@ -148,10 +148,11 @@ def main():
         step[0] += 1
 
     t = median_times({"step": train_step}, 3 if args.quick else 10)["step"]
-    s = settings
-    per_step = f"{s.images_per_step} x {s.targets_per_image} targets x {s.iters} passes"
-    row(f"toy training, images/s ({per_step})", s.images_per_step / t, unit="images/s")
-    row("toy training, decoder passes/s", s.images_per_step * s.targets_per_image * s.iters / t,
+    per_image = settings.targets_per_image * settings.iters  # decoder passes per image
+    per_step = (f"{settings.images_per_step} x {settings.targets_per_image} targets x "
+                f"{settings.iters} passes")
+    row(f"toy training, images/s ({per_step})", settings.images_per_step / t, unit="images/s")
+    row("toy training, decoder passes/s", settings.images_per_step * per_image / t,
         unit="passes/s")
     # measured first, so that the process's peak memory is the training's
     row("toy training, peak resident memory", resource.getrusage(resource.RUSAGE_SELF)

@@ -20,6 +20,10 @@ import train_toy  # noqa: E402
 # sha256 of make_world's (image, masks, parents) for every world, sizes 32 and 64 and six seeds,
 # computed with train_toy.py as it was before captions existed (commit b928007)
 WORLDS_BEFORE_CAPTIONS = "ce3d08211693a403246888f7dd7d0a386b7aa08c1e6f37d8f88b2e795d0a8669"
+# the shipped run's JSON, seed 1's (the same command with --seed 1) and lesson 12's text
+RECORD = json.loads(text_prompts.RESULTS.read_text())
+RECORD_SEED_1 = json.loads((text_prompts.HERE / "figures" / "text_prompts_seed_1.json").read_text())
+LESSON = (text_prompts.HERE / "12_text_prompts.md").read_text()
 
 
 def test_captions_leave_every_world_unchanged():
@@ -112,7 +116,7 @@ def test_mask_crops_keep_the_mask_in_the_middle():
 
 
 def test_shipped_weights_reproduce_the_json(tmp_path):
-    recorded = json.loads(text_prompts.RESULTS.read_text())["metrics_first_4_images"]
+    recorded = RECORD["metrics_first_4_images"]
     first = train_toy.EVAL_SEEDS[0]
     text_prompts.main(["--eval-only", "--seeds", str(first), str(first + 4), "--out", str(tmp_path)])
     measured = json.loads((tmp_path / "metrics.json").read_text())
@@ -121,26 +125,19 @@ def test_shipped_weights_reproduce_the_json(tmp_path):
         assert measured[key] == pytest.approx(value, abs=1e-5), key
 
 
-SEED_1 = Path(text_prompts.__file__).parent / "figures" / "text_prompts_seed_1.json"
-
-
 def test_lesson_table_is_the_two_seeds_jsons():
-    shipped = json.loads(text_prompts.RESULTS.read_text())
-    seed_1 = json.loads(SEED_1.read_text())
     # the second seed is the same command but for --seed
-    assert seed_1["command"].replace(" --seed 1", "").split(" --out")[0] == shipped["command"]
-    lesson = (Path(text_prompts.__file__).parent / "12_text_prompts.md").read_text()
-    rows = re.findall(r"^\|[^|]*\| (\w+) \| ([0-9.]+) \| ([0-9.]+) \|$", lesson, flags=re.M)
+    assert RECORD_SEED_1["command"].replace(" --seed 1", "").split(" --out")[0] == RECORD["command"]
+    rows = re.findall(r"^\|[^|]*\| (\w+) \| ([0-9.]+) \| ([0-9.]+) \|$", LESSON, flags=re.M)
     assert len(rows) >= 12
     for key, value, value_1 in rows:
-        assert (f"{shipped['metrics'][key]:.3f}", f"{seed_1['metrics'][key]:.3f}") == (value, value_1), key
+        measured = (f"{RECORD['metrics'][key]:.3f}", f"{RECORD_SEED_1['metrics'][key]:.3f}")
+        assert measured == (value, value_1), key
 
 
 def test_lesson_prose_quotes_the_json():
-    record = json.loads(text_prompts.RESULTS.read_text())
-    m, m1 = record["metrics"], json.loads(SEED_1.read_text())["metrics"]
-    lesson = (Path(text_prompts.__file__).parent / "12_text_prompts.md").read_text()
-    lesson = " ".join(lesson.split())  # the prose's line breaks fall anywhere
+    record, m, m1 = RECORD, RECORD["metrics"], RECORD_SEED_1["metrics"]
+    lesson = " ".join(LESSON.split())  # the prose's line breaks fall anywhere
     for text in (f"falls from {record['clip_curve'][0][1]:.2f} to {record['clip_curve'][-1][1]:.2f}",
                  f"{record['train_minutes']:.1f} minutes of training on two threads",
                  f"Text alone reaches {m['text_alone']:.3f} (seed 1: {m1['text_alone']:.3f}), "
@@ -173,19 +170,17 @@ def test_lesson_prose_quotes_the_json():
 
 def test_lesson_states_the_commands_defaults():
     args = text_prompts.parse_args([])
-    lesson = " ".join((Path(text_prompts.__file__).parent / "12_text_prompts.md").read_text().split())
+    lesson = " ".join(LESSON.split())
     assert (f"`python lessons/text_prompts.py` ({args.train_images} images, {args.clip_steps} "
             f"toy-CLIP steps, {args.sam_steps} prompting steps") in lesson
-    assert json.loads(text_prompts.RESULTS.read_text())["command"] == "python lessons/text_prompts.py"
+    assert RECORD["command"] == "python lessons/text_prompts.py"
 
 
 def test_lesson_probe_table_is_the_json():
-    probes = json.loads(text_prompts.RESULTS.read_text())["linear_probes"]
-    lesson = (Path(text_prompts.__file__).parent / "12_text_prompts.md").read_text()
-    for name, probe in probes.items():
+    for name, probe in RECORD["linear_probes"].items():
         row = (f"| `{name}` | {probe['colour']['accuracy']:.3f} | {probe['colour']['commonest']:.3f} "
                f"| {probe['noun']['accuracy']:.3f} | {probe['noun']['commonest']:.3f} |")
-        assert row in lesson, row
+        assert row in LESSON, row
 
 
 @pytest.mark.slow
@@ -227,7 +222,7 @@ def test_shared_in_image_counts_within_each_image():
 
 @pytest.mark.slow
 def test_the_shipped_models_probe_is_what_the_json_says():
-    recorded = json.loads(text_prompts.RESULTS.read_text())["linear_probes"]["shipped"]
+    recorded = RECORD["linear_probes"]["shipped"]
     model = minisam.build_sam("toy", checkpoint=text_prompts.TOY_CHECKPOINT).eval()
     measured = text_prompts.linear_probe(model)
     for word in ("colour", "noun"):
